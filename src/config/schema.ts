@@ -1,0 +1,178 @@
+import { z } from 'zod';
+
+/**
+ * The one typed configuration every trajstore entry point (rollout, sink, train, replay, api)
+ * reads. Sections follow the seeds' `configs/cua_grpo.yaml` (model, lora, training, rollout,
+ * inference, checkpoint) plus the log and the stores. Objects are strict: a misspelt key is an
+ * error naming the key, not a silently ignored setting.
+ */
+
+const positiveInt = z.number().int().positive();
+const nonNegativeInt = z.number().int().nonnegative();
+const probability = z.number().min(0).max(1);
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:9092');
+const httpUrl = z.string().url().refine((u) => /^https?:\/\//.test(u), 'expected an http(s) URL');
+/** Kafka topic names: the legal character set and length from Kafka's own Topic.validate. */
+const topicName = z.string().regex(/^[a-zA-Z0-9._-]{1,249}$/, 'topic names use [a-zA-Z0-9._-], 1-249 characters');
+/** ClickHouse identifiers we create ourselves: keep them plain so they never need quoting. */
+const identifier = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]{0,62}$/, 'use letters, digits and _ (not starting with a digit)');
+
+export const RunSection = z
+  .object({
+    id: z.string().regex(/^[a-zA-Z0-9._-]{1,128}$/, 'run ids use [a-zA-Z0-9._-], 1-128 characters').default('default'),
+    seed: nonNegativeInt.default(0),
+  })
+  .strict();
+
+export const ModelSection = z
+  .object({
+    /** Hugging Face name as the policy server knows it (vLLM's --model / served model name). */
+    name: z.string().min(1),
+    /** Local Hugging Face directory the training engine loads; defaults to `name` when absent. */
+    path: z.string().min(1).optional(),
+    max_seq_length: positiveInt.default(16384),
+    dtype: z.enum(['bfloat16', 'float16', 'float32']).default('bfloat16'),
+    gradient_checkpointing: z.boolean().default(false),
+  })
+  .strict();
+
+export const LoraSection = z
+  .object({
+    r: positiveInt.default(16),
+    alpha: z.number().positive().default(32),
+    dropout: probability.default(0.05),
+    target_modules: z.array(z.string().min(1)).min(1).default(['q_proj', 'k_proj', 'v_proj', 'o_proj']),
+  })
+  .strict();
+
+export const TrainingSection = z
+  .object({
+    learning_rate: z.number().positive().default(1e-5),
+    /** Groups per optimizer step (the seeds' batch_size: tasks per step). */
+    batch_size: positiveInt.default(4),
+    /** Token budget of one micro-batch handed to the engine; lower it on CUDA out-of-memory. */
+    max_tokens_per_microbatch: positiveInt.default(32768),
+    max_steps: positiveInt.default(200),
+    weight_decay: z.number().nonnegative().default(0),
+    max_grad_norm: z.number().positive().default(1.0),
+    /** PPO-clip range on the importance ratio, asymmetric as in DAPO. */
+    clip_low: z.number().positive().default(0.2),
+    clip_high: z.number().positive().default(0.28),
+    /** AReaL's decoupled objective: proximal policy plus a capped behavior importance weight. */
+    decoupled_loss: z.boolean().default(false),
+    behavior_weight_cap: z.number().positive().default(5),
+    kl_coef: z.number().nonnegative().default(0),
+    loss_normalization: z.enum(['token', 'sequence']).default('token'),
+    advantage_std_scaling: z.boolean().default(true),
+    /** How many policy versions behind the current one a group may be and still train. */
+    max_staleness: nonNegativeInt.default(4),
+    stale_policy: z.enum(['drop', 'downweight']).default('drop'),
+    /** Publish a new adapter version every N optimizer steps. */
+    publish_every_steps: positiveInt.default(1),
+    /** Groups whose producer went silent are closed after this long. */
+    group_timeout_s: z.number().positive().default(600),
+    output_dir: z.string().min(1).default('outputs/grpo'),
+    eval_steps: nonNegativeInt.default(0),
+  })
+  .strict()
+  .refine((t) => t.clip_low < 1, { message: 'clip_low must be below 1', path: ['clip_low'] });
+
+export const RolloutSection = z
+  .object({
+    environment: z.enum(['text', 'browser', 'gbox']).default('text'),
+    /** The GRPO group size G: episodes per task. */
+    num_rollouts: z.number().int().min(2, 'a GRPO group needs at least 2 rollouts').default(4),
+    max_turns: positiveInt.default(15),
+    concurrency: positiveInt.default(4),
+    episode_timeout_s: z.number().positive().default(300),
+    /** Admission control: start groups only while the trainer can use them within max_staleness. */
+    staleness_pacing: z.boolean().default(true),
+    temperature: z.number().nonnegative().default(1.0),
+    top_p: z.number().gt(0).max(1).default(1.0),
+    max_tokens: positiveInt.default(512),
+    /** Free-form settings of the chosen environment (task families, difficulty, ...). */
+    env_options: z.record(z.string(), z.unknown()).default({}),
+  })
+  .strict();
+
+export const InferenceSection = z
+  .object({
+    backend: z.enum(['vllm', 'cpu']).default('vllm'),
+    /** Every policy server that serves the policy; new adapter versions are pushed to each. */
+    api_bases: z.array(httpUrl).min(1).default(['http://localhost:8000/v1']),
+    api_key: z.string().optional(),
+    request_timeout_s: z.number().positive().default(120),
+    max_retries: nonNegativeInt.default(3),
+    /** Adapter versions kept loaded on each server; keep it at or below vLLM's --max-loras. */
+    max_loaded_adapters: positiveInt.default(4),
+  })
+  .strict();
+
+export const CheckpointSection = z
+  .object({
+    dir: z.string().min(1).default('outputs/grpo/checkpoints'),
+    save_every_steps: positiveInt.default(10),
+    keep_last: positiveInt.default(3),
+  })
+  .strict();
+
+export const KafkaSection = z
+  .object({
+    brokers: z.array(hostPort).min(1).default(['127.0.0.1:9092']),
+    client_id: z.string().min(1).default('trajstore'),
+    topics: z
+      .object({
+        trajectories: topicName.default('trajectories'),
+        policy_versions: topicName.default('policy.versions'),
+        trainer_metrics: topicName.default('trainer.metrics'),
+        dead_letter: topicName.default('trajstore.dead-letter'),
+      })
+      .strict()
+      .default({
+        trajectories: 'trajectories',
+        policy_versions: 'policy.versions',
+        trainer_metrics: 'trainer.metrics',
+        dead_letter: 'trajstore.dead-letter',
+      }),
+    partitions: positiveInt.default(6),
+    replication_factor: positiveInt.default(1),
+  })
+  .strict();
+
+export const ClickHouseSection = z
+  .object({
+    url: httpUrl.default('http://127.0.0.1:8123'),
+    database: identifier.default('trajstore'),
+    username: z.string().default('default'),
+    password: z.string().default(''),
+  })
+  .strict();
+
+export const StorageSection = z
+  .object({
+    /** Content-addressed blobs (screenshots): a local directory or an s3:// URI. */
+    blobs: z.string().min(1).default('.trajstore/blobs'),
+    /** Immutable adapter versions: a local directory or an s3:// URI. */
+    adapters: z.string().min(1).default('.trajstore/adapters'),
+  })
+  .strict();
+
+export const TrajstoreConfigSchema = z
+  .object({
+    run: RunSection.default({ id: 'default', seed: 0 }),
+    model: ModelSection,
+    lora: LoraSection.default(LoraSection.parse({})),
+    training: TrainingSection.default(TrainingSection.parse({})),
+    rollout: RolloutSection.default(RolloutSection.parse({})),
+    inference: InferenceSection.default(InferenceSection.parse({})),
+    checkpoint: CheckpointSection.default(CheckpointSection.parse({})),
+    kafka: KafkaSection.default(KafkaSection.parse({})),
+    clickhouse: ClickHouseSection.default(ClickHouseSection.parse({})),
+    storage: StorageSection.default(StorageSection.parse({})),
+  })
+  .strict();
+
+/** The validated configuration, every default filled in. */
+export type TrajstoreConfig = z.infer<typeof TrajstoreConfigSchema>;
+/** What a YAML file may contain: sections and keys with defaults are optional. */
+export type TrajstoreConfigInput = z.input<typeof TrajstoreConfigSchema>;
