@@ -1,0 +1,34 @@
+import { Command, CommanderError } from 'commander';
+import { TrajstoreError } from '../util/errors.js';
+import { registerConfigCommand } from './commands/config.js';
+import { registerServicesCommand } from './commands/services.js';
+
+/** `trajstore`: one entry point, a subcommand per role (services, config, rollout, sink, train, …). */
+export function buildProgram(): Command {
+  const program = new Command('trajstore')
+    .description('event-sourced trajectory store and replay trainer for RL on LLM agents')
+    .version(process.env.npm_package_version ?? '0.1.0')
+    .showHelpAfterError();
+  registerServicesCommand(program);
+  registerConfigCommand(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    process.exitCode = reportError(err);
+  }
+}
+
+/** Prints an error for a person at a terminal; returns the exit code. */
+function reportError(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode;
+  if (err instanceof TrajstoreError) {
+    console.error(`error ${err.describe()}`);
+    return 2;
+  }
+  console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+  return 1;
+}
