@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The README's test command (`npm test`): type-check, start the local services once for the
+# whole suite, run the TypeScript tests against them, then the engine's Python tests.
+#   --node-only    skip the engine's tests      --engine-only   only the engine's tests
+# Services that this script started are stopped at the end; ones already running are left up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=all
+case "${1:-}" in
+  --node-only) mode=node ;;
+  --engine-only) mode=engine ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--node-only|--engine-only]" >&2; exit 64 ;;
+esac
+
+phase_start=$SECONDS
+phase() { echo "== $1 (+$((SECONDS - phase_start)) s)"; }
+
+status=0
+if [[ $mode != engine ]]; then
+  phase "type-check"
+  npx --no-install tsc --noEmit -p tsconfig.json
+
+  phase "local services"
+  started_here=0
+  if ! node bin/trajstore.mjs services status >/dev/null 2>&1; then
+    started_here=1
+    trap '[[ $started_here == 1 ]] && node bin/trajstore.mjs services down' EXIT
+  fi
+  node bin/trajstore.mjs services up
+
+  phase "TypeScript tests"
+  mapfile -t files < <(find test -name '*.test.ts' | sort)
+  node --import tsx --test --test-timeout=600000 "${files[@]}" || status=$?
+fi
+
+if [[ $mode != node ]]; then
+  phase "engine tests"
+  bash engine/setup.sh
+  (cd engine && .venv/bin/python -m pytest tests -q -p no:cacheprovider) || status=$?
+fi
+
+phase "done (exit $status)"
+exit $status

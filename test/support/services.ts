@@ -1,0 +1,55 @@
+/**
+ * The test harness's view of the local services. `npm test` starts them once for the whole
+ * suite (scripts/test.sh); each test makes its own topics and databases with unique names so
+ * tests never see each other's data, and removes them when it ends.
+ */
+import { randomBytes } from 'node:crypto';
+import type { TestContext } from 'node:test';
+import type { ClickHouseClient } from '@clickhouse/client';
+import type { Kafka } from 'kafkajs';
+import { createClickHouse } from '../../src/clickhouse/client.js';
+import { createKafka, ensureTopics } from '../../src/kafka/client.js';
+import { servicesOptionsFromEnv } from '../../src/services/manager.js';
+import { createLogger } from '../../src/util/logger.js';
+
+const services = servicesOptionsFromEnv();
+export const KAFKA_BROKERS = [`${services.host}:${services.kafkaPort}`];
+export const CLICKHOUSE_URL = `http://${services.host}:${services.clickhouseHttpPort}`;
+
+const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
+
+/** A name no other test (or earlier run) uses: prefix plus random hex. */
+export function uniqueName(prefix: string): string {
+  return `${prefix}_${randomBytes(5).toString('hex')}`;
+}
+
+export function testKafka(): Kafka {
+  return createKafka({ brokers: KAFKA_BROKERS, clientId: uniqueName('test') }, logger);
+}
+
+/** Creates a topic for this test only; deleted when the test ends. */
+export async function testTopic(t: TestContext, kafka: Kafka, prefix = 'test', numPartitions = 3): Promise<string> {
+  const topic = uniqueName(prefix);
+  await ensureTopics(kafka, [{ topic, numPartitions }]);
+  t.after(async () => {
+    const admin = kafka.admin();
+    await admin.connect();
+    await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+    await admin.disconnect();
+  });
+  return topic;
+}
+
+/** Creates a ClickHouse database for this test only; dropped when the test ends. */
+export async function testDatabase(t: TestContext): Promise<{ database: string; client: ClickHouseClient }> {
+  const database = uniqueName('test');
+  const admin = createClickHouse({ url: CLICKHOUSE_URL, username: 'default', password: '' });
+  await admin.command({ query: `CREATE DATABASE ${database}` });
+  const client = createClickHouse({ url: CLICKHOUSE_URL, database, username: 'default', password: '' });
+  t.after(async () => {
+    await client.close();
+    await admin.command({ query: `DROP DATABASE IF EXISTS ${database}` });
+    await admin.close();
+  });
+  return { database, client };
+}
