@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { TrajstoreError } from '../util/errors.js';
 import { registerConfigCommand } from './commands/config.js';
 import { registerServicesCommand } from './commands/services.js';
+import { registerTopicsCommand } from './commands/topics.js';
 
 /** `trajstore`: one entry point, a subcommand per role (services, config, rollout, sink, train, …). */
 export function buildProgram(): Command {
@@ -11,6 +12,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerServicesCommand(program);
   registerConfigCommand(program);
+  registerTopicsCommand(program);
   return program;
 }
 
