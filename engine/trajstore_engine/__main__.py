@@ -1,0 +1,45 @@
+"""Command line: ``python -m trajstore_engine {serve,make-tiny-model,bench} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trajstore_engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-tiny-model", help="write a tiny Qwen3-style model + tokenizer (deterministic)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("serve", help="speak the JSON-lines protocol (PROTOCOL.md) on stdin/stdout")
+
+    p = sub.add_parser("bench", help="time the engine's step against a naive loop (GPU)")
+    p.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU smoke test)")
+    p.add_argument("--out", help="also write the RESULT json to this file")
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--skip-long", action="store_true")
+    p.add_argument("--variants", default="", help="comma list of extra engine variants to time")
+
+    args = parser.parse_args(argv)
+    if args.command == "make-tiny-model":
+        from .tiny import directory_digest, make_tiny_model
+
+        out = make_tiny_model(args.out_dir, seed=args.seed)
+        print(f"wrote {out} (sha256 {directory_digest(out)[:16]})")
+        return 0
+    if args.command == "serve":
+        from .server import serve
+
+        return serve()
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
