@@ -1,0 +1,394 @@
+import type avro from 'avsc';
+
+/**
+ * A bounds-checking pass over Avro binary data, run before avsc decodes a message.
+ *
+ * Why: avsc's reader trusts its input. It reads past the end of the buffer silently (returning
+ * zeros) and sizes arrays from the block count it reads, so a corrupt count of 2^31 makes it
+ * loop two billion times and allocate gigabytes: a hang or an out-of-memory crash from one
+ * bad Kafka message. This pass walks the writer schema over the bytes and checks every length,
+ * count, index and varint against the bytes that remain, in time linear in the message size
+ * (every array item and map entry of our schemas takes at least one byte; item types that take
+ * none are capped by `maxItems`). Only data that passes is handed to avsc, which then reads the
+ * exact same structure.
+ *
+ * It also rejects what avsc would turn into a wrong value without complaint: an `int` outside
+ * 32 bits, a `long` outside JavaScript's safe integers, a boolean byte other than 0 or 1, and
+ * bytes left over after the value.
+ *
+ * Compiled once per writer schema into closures; the hot loops (arrays of int/float) are
+ * specialised because a Turn is mostly token ids and logprobs.
+ */
+
+export type FaultKind = 'truncated' | 'corrupt';
+
+/** Thrown inside the guard; the codec turns it into a TruncatedMessageError or CorruptMessageError. */
+export class WireFault {
+  /** Field path segments, innermost last. */
+  readonly path: string[] = [];
+  constructor(
+    readonly kind: FaultKind,
+    readonly message: string,
+    readonly position: number,
+  ) {}
+
+  pathString(): string {
+    let out = '';
+    for (const seg of this.path) out += seg.startsWith('[') || out === '' ? seg : `.${seg}`;
+    return out;
+  }
+}
+
+// The guard's cursor. Module state instead of arguments keeps the compiled closures small and
+// fast; a check runs synchronously from start to end, so it is never shared between two checks.
+let buf: Uint8Array = new Uint8Array(0);
+let pos = 0;
+let end = 0;
+let maxLength = 0;
+/** Length of the last string/bytes skipped (map keys, for error paths). */
+let lastLength = 0;
+
+type Skip = () => void;
+
+function truncated(what: string): never {
+  throw new WireFault('truncated', `message ends inside ${what}`, pos);
+}
+
+/** A length or count that points past the end: truncated if it is plausible, corrupt if not. */
+function pastEnd(what: string, claimed: number, available: number, at: number): never {
+  const kind: FaultKind = claimed <= maxLength ? 'truncated' : 'corrupt';
+  throw new WireFault(kind, `${what} declares ${claimed} but only ${available} remain`, at);
+}
+
+function corrupt(message: string, at: number = pos): never {
+  throw new WireFault('corrupt', message, at);
+}
+
+/** Skips a zig-zag varint that must fit in a signed 32-bit int (at most 5 bytes). */
+function skipInt(): void {
+  const start = pos;
+  for (let i = 0; i < 5; i++) {
+    if (pos >= end) truncated('an int');
+    const b = buf[pos++]!;
+    if (b < 0x80) {
+      if (i === 4 && b > 0x0f) corrupt('int does not fit in 32 bits', start);
+      return;
+    }
+  }
+  corrupt('int varint longer than 5 bytes', start);
+}
+
+/** Reads a zig-zag varint long; it must be a JavaScript safe integer (what avsc can represent). */
+function readLong(): number {
+  const start = pos;
+  let value = 0;
+  let mul = 1;
+  for (let i = 0; i < 10; i++) {
+    if (pos >= end) truncated('a long');
+    const b = buf[pos++]!;
+    value += (b & 0x7f) * mul;
+    if (b < 0x80) {
+      if (i >= 7) return readLongExact(start);
+      return value % 2 === 1 ? -(value + 1) / 2 : value / 2;
+    }
+    mul *= 128;
+  }
+  return corrupt('long varint longer than 10 bytes', start);
+}
+
+/** 8..10-byte varints: exact arithmetic, so the safe-integer boundary is judged correctly. */
+function readLongExact(start: number): number {
+  let zz = 0n;
+  let shift = 0n;
+  for (let p = start; p < pos; p++) {
+    zz |= BigInt(buf[p]! & 0x7f) << shift;
+    shift += 7n;
+  }
+  const n = zz & 1n ? -((zz + 1n) >> 1n) : zz >> 1n;
+  if (n > BigInt(Number.MAX_SAFE_INTEGER) || n < BigInt(Number.MIN_SAFE_INTEGER)) {
+    corrupt('long outside the safe integer range', start);
+  }
+  return Number(n);
+}
+
+function skipLong(): void {
+  readLong();
+}
+
+function skipFixedSize(size: number, what: string): void {
+  if (end - pos < size) truncated(what);
+  pos += size;
+}
+
+function skipFloat(): void {
+  skipFixedSize(4, 'a float');
+}
+
+function skipDouble(): void {
+  skipFixedSize(8, 'a double');
+}
+
+function skipBoolean(): void {
+  if (pos >= end) truncated('a boolean');
+  const b = buf[pos]!;
+  if (b > 1) corrupt(`boolean byte is ${b}, not 0 or 1`);
+  pos++;
+}
+
+function skipNull(): void {}
+
+/** string and bytes: a length, then that many bytes. */
+function skipBytes(): void {
+  const at = pos;
+  const len = readLong();
+  if (len < 0) corrupt(`negative length ${len}`, at);
+  if (len > end - pos) pastEnd('length', len, end - pos, at);
+  pos += len;
+  lastLength = len;
+}
+
+/**
+ * Reads one block header of an array or map. Returns the item count (0 ends the sequence) and
+ * checks it against the bytes that remain, given the smallest possible encoding of one item.
+ */
+function readBlockCount(minItemBytes: number, budget: { items: number }): number {
+  const at = pos;
+  let count = readLong();
+  if (count === 0) return 0;
+  if (count < 0) {
+    // A negative count is followed by the block's size in bytes (lets readers skip blocks).
+    count = -count;
+    const sizeAt = pos;
+    const size = readLong();
+    if (size < 0) corrupt(`negative block size ${size}`, sizeAt);
+    if (size > end - pos) pastEnd('block size', size, end - pos, sizeAt);
+  }
+  if (minItemBytes > 0) {
+    const room = Math.floor((end - pos) / minItemBytes);
+    if (count > room) pastEnd('item count', count, room, at);
+  } else {
+    budget.items -= count;
+    if (budget.items < 0) corrupt(`more than ${maxLength} zero-byte items`, at);
+  }
+  return count;
+}
+
+function withSegment(fault: unknown, segment: string): unknown {
+  if (fault instanceof WireFault) fault.path.unshift(segment);
+  return fault;
+}
+
+/** The smallest number of bytes any value of the type encodes to. */
+function minBytes(type: avro.Type, seen: Set<avro.Type> = new Set()): number {
+  const t = type as unknown as Record<string, unknown>;
+  switch (type.typeName) {
+    case 'null':
+      return 0;
+    case 'boolean':
+    case 'int':
+    case 'long':
+    case 'string':
+    case 'bytes':
+    case 'enum':
+    case 'array':
+    case 'map':
+      return 1;
+    case 'float':
+      return 4;
+    case 'double':
+      return 8;
+    case 'fixed':
+      return (t.size as number) ?? 0;
+    case 'union:wrapped':
+    case 'union:unwrapped':
+      return 1;
+    case 'record':
+    case 'error': {
+      if (seen.has(type)) return 0; // recursive: the recursion can end in a 1-byte union branch
+      seen.add(type);
+      let n = 0;
+      for (const f of (type as avro.types.RecordType).fields) n += minBytes(f.type, seen);
+      seen.delete(type);
+      return n;
+    }
+    default:
+      if (type.typeName.startsWith('logical:')) return minBytes((type as avro.types.LogicalType).underlyingType, seen);
+      return 0;
+  }
+}
+
+function compileArray(itemType: avro.Type, compile: (t: avro.Type) => Skip): Skip {
+  const min = minBytes(itemType);
+  // Tight loops for the arrays that dominate a Turn; the generic loop for everything else.
+  if (itemType.typeName === 'int' || itemType.typeName === 'long') {
+    const one = itemType.typeName === 'int' ? skipInt : skipLong;
+    return () => {
+      const budget = { items: maxLength };
+      let i = 0;
+      try {
+        for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) {
+          for (const stop = i + n; i < stop; i++) one();
+        }
+      } catch (e) {
+        throw withSegment(e, `[${i}]`);
+      }
+    };
+  }
+  if (itemType.typeName === 'float' || itemType.typeName === 'double') {
+    const width = itemType.typeName === 'float' ? 4 : 8;
+    return () => {
+      const budget = { items: maxLength };
+      // readBlockCount already proved count * width bytes remain.
+      for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) pos += n * width;
+    };
+  }
+  const item = compile(itemType);
+  return () => {
+    const budget = { items: maxLength };
+    let i = 0;
+    try {
+      for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) {
+        for (const stop = i + n; i < stop; i++) item();
+      }
+    } catch (e) {
+      throw withSegment(e, `[${i}]`);
+    }
+  };
+}
+
+function compileMap(valueType: avro.Type, compile: (t: avro.Type) => Skip): Skip {
+  const value = compile(valueType);
+  const min = 1 + minBytes(valueType);
+  return () => {
+    const budget = { items: maxLength };
+    let keyAt = -1;
+    let keyLength = 0;
+    try {
+      for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) {
+        while (n-- > 0) {
+          keyAt = -1;
+          skipBytes();
+          keyLength = lastLength;
+          keyAt = pos - keyLength;
+          value();
+        }
+      }
+    } catch (e) {
+      const key =
+        keyAt < 0 ? '<key>' : JSON.stringify(Buffer.from(buf.buffer, buf.byteOffset + keyAt, Math.min(keyLength, 64)).toString('utf8'));
+      throw withSegment(e, `[${key}]`);
+    }
+  };
+}
+
+/** Compiles a checker for values of `type` (a writer schema). */
+export function compileGuard(root: avro.Type): (bytes: Uint8Array, start: number, maxItems: number) => void {
+  const cache = new Map<avro.Type, Skip>();
+
+  const compile = (type: avro.Type): Skip => {
+    const cached = cache.get(type);
+    if (cached) return cached;
+    // Placeholder first, so a recursive record refers to its own (finished) checker.
+    let impl: Skip = () => {
+      throw new Error('unreachable: guard used before compiled');
+    };
+    const forward: Skip = () => impl();
+    cache.set(type, forward);
+    impl = build(type);
+    cache.set(type, impl);
+    return impl;
+  };
+
+  const build = (type: avro.Type): Skip => {
+    switch (type.typeName) {
+      case 'null':
+        return skipNull;
+      case 'boolean':
+        return skipBoolean;
+      case 'int':
+        return skipInt;
+      case 'long':
+        return skipLong;
+      case 'float':
+        return skipFloat;
+      case 'double':
+        return skipDouble;
+      case 'string':
+      case 'bytes':
+        return skipBytes;
+      case 'fixed': {
+        const size = (type as avro.types.FixedType).size;
+        return () => skipFixedSize(size, 'a fixed');
+      }
+      case 'enum': {
+        const count = (type as avro.types.EnumType).symbols.length;
+        return () => {
+          const at = pos;
+          const index = readLong();
+          if (index < 0 || index >= count) corrupt(`enum index ${index} out of range (${count} symbols)`, at);
+        };
+      }
+      case 'array':
+        return compileArray((type as avro.types.ArrayType).itemsType, compile);
+      case 'map':
+        return compileMap((type as avro.types.MapType).valuesType as avro.Type, compile);
+      case 'union:wrapped':
+      case 'union:unwrapped': {
+        const branches = (type as avro.types.WrappedUnionType).types;
+        const skips = branches.map((b) => compile(b));
+        const names = branches.map((b) => b.branchName ?? b.typeName);
+        // Only wrapped unions name their branch in the path: `payload.Turn.latency_ms`, but
+        // `observation.sha256` rather than `observation.ObservationRef.sha256`.
+        const labelled = branches.map((b) => type.typeName === 'union:wrapped' && (b.typeName === 'record' || b.typeName === 'error'));
+        return () => {
+          const at = pos;
+          const index = readLong();
+          if (index < 0 || index >= skips.length) corrupt(`union branch ${index} out of range (${skips.length} branches)`, at);
+          if (!labelled[index]) return skips[index]!();
+          try {
+            skips[index]!();
+          } catch (e) {
+            throw withSegment(e, names[index]!);
+          }
+        };
+      }
+      case 'record':
+      case 'error': {
+        const fields = (type as avro.types.RecordType).fields;
+        const skips = fields.map((f) => compile(f.type));
+        const names = fields.map((f) => f.name);
+        return () => {
+          let i = 0;
+          try {
+            for (; i < skips.length; i++) skips[i]!();
+          } catch (e) {
+            throw withSegment(e, names[i]!);
+          }
+        };
+      }
+      default:
+        if (type.typeName.startsWith('logical:')) return compile((type as avro.types.LogicalType).underlyingType);
+        throw new Error(`guard: unsupported Avro type ${type.typeName}`);
+    }
+  };
+
+  const check = compile(root);
+  return (bytes, start, maxItems) => {
+    buf = bytes;
+    pos = start;
+    end = bytes.length;
+    maxLength = maxItems;
+    try {
+      check();
+      if (pos !== end) corrupt(`${end - pos} bytes left over after the value`);
+    } catch (e) {
+      if (e instanceof WireFault) throw e;
+      // A stack overflow from absurd nesting, or anything else unforeseen: still a bad message.
+      throw new WireFault('corrupt', `unreadable: ${(e as Error)?.message ?? String(e)}`, pos);
+    } finally {
+      buf = EMPTY;
+    }
+  };
+}
+
+const EMPTY = new Uint8Array(0);
