@@ -1,0 +1,72 @@
+"""``python -m trajstore_engine.policy_server --model DIR [...]``: serve a model the way vLLM would.
+
+Flags mirror ``vllm serve`` where they exist there (``--served-model-name``, ``--max-loras``,
+``--max-lora-rank``, ``--max-model-len``, ``--seed``); ``--max-queue`` is vLLM's
+``--max-num-queued-reqs`` (503 past it). Runtime adapter loading is always on (vLLM needs
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` for it).
+
+Logs go to stderr; the line ``policy server ready on http://HOST:PORT`` appears once the model
+is loaded and the socket listens (``GET /health`` answers 200 from then on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trajstore_engine.policy_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a local Hugging Face model directory")
+    parser.add_argument("--served-model-name", default=None, help="the base model's name in the API (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-loras", type=int, default=4, help="adapters kept in memory at once (LRU; more may be registered)")
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--max-queue", type=int, default=256,
+                        help="sequences queued or running before requests get 503 (a request with n counts n; 0: no limit)")
+    parser.add_argument("--max-batch-seqs", type=int, default=32, help="sequences decoded together at most")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling of requests that carry no seed")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("trajstore.policy_server")
+
+    import torch
+    import uvicorn
+
+    from ..errors import EngineError
+    from .app import create_app
+    from .service import PolicyService, ServerConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ServerConfig(model=args.model, served_model_name=args.served_model_name, max_loras=args.max_loras,
+                          max_lora_rank=args.max_lora_rank, max_queue=args.max_queue,
+                          max_batch_seqs=args.max_batch_seqs, max_model_len=args.max_model_len, seed=args.seed)
+    try:
+        service = PolicyService(config)
+    except EngineError as exc:
+        print(f"error {exc.code}: {exc.message}" + (f"\n  -> {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 2
+    app = create_app(service)
+
+    @app.on_event("startup")
+    async def _ready() -> None:  # noqa: RUF029
+        log.info("policy server ready on http://%s:%d (model %s)", args.host, args.port, service.served_model_name)
+
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    finally:
+        service.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
