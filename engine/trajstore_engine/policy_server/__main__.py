@@ -5,8 +5,7 @@ Flags mirror ``vllm serve`` where they exist there (``--served-model-name``, ``-
 ``--max-num-queued-reqs`` (503 past it). Runtime adapter loading is always on (vLLM needs
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` for it).
 
-Logs go to stderr; the line ``policy server ready on http://HOST:PORT`` appears once the model
-is loaded and the socket listens (``GET /health`` answers 200 from then on).
+Logs go to stderr. ``GET /health`` answers 200 once the model is loaded and the socket listens.
 """
 
 from __future__ import annotations
@@ -56,11 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error {exc.code}: {exc.message}" + (f"\n  -> {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
     app = create_app(service)
-
-    @app.on_event("startup")
-    async def _ready() -> None:  # noqa: RUF029
-        log.info("policy server ready on http://%s:%d (model %s)", args.host, args.port, service.served_model_name)
-
+    log.info("model %s loaded; serving on http://%s:%d (GET /health answers once the socket listens)",
+             service.served_model_name, args.host, args.port)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
     finally:
