@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampling of requests that carry no seed")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process is gone (launchers pass their pid, so no server outlives them)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
     config = ServerConfig(model=args.model, served_model_name=args.served_model_name, max_loras=args.max_loras,
                           max_lora_rank=args.max_lora_rank, max_queue=args.max_queue,
                           max_batch_seqs=args.max_batch_seqs, max_model_len=args.max_model_len, seed=args.seed)
@@ -62,6 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         service.close()
     return 0
+
+
+def _exit_with_parent(pid: int) -> None:
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
