@@ -21,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the RESULT json to this file")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-long", action="store_true")
-    p.add_argument("--variants", default="", help="comma list of extra engine variants to time")
+    p.add_argument("--variants", default="", help="comma list of engine variants to time (default: all)")
+    p.add_argument("--model", default="1.7b", choices=["1.7b", "8b"], help="Qwen3 shape to build (random weights)")
+    p.add_argument("--group", type=int, default=8, help="trajectories per group (per GPU)")
+    p.add_argument("--seq-len", type=int, default=2000, help="mean trajectory length")
+    p.add_argument("--reps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    p.add_argument("--micro-batch-tokens", type=int, default=16384)
+    p.add_argument("--check-checkpoint", action="store_true", help="save/step/load/step round trip")
 
     args = parser.parse_args(argv)
     if args.command == "make-tiny-model":

@@ -79,6 +79,8 @@ class TrainingConfig:
     logprob_chunk_tokens: int = 4096
     # packed attention kernel: auto | varlen | loop (see attention.py)
     attention: Literal["auto", "varlen", "loop"] = "auto"
+    # torch.compile'd RMSNorm / SwiGLU / RoPE / softmax statistics (fused.py): true | false | "auto" (CUDA only)
+    fused_kernels: bool | Literal["auto"] = "auto"
 
 
 @dataclass

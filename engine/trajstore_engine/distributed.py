@@ -69,7 +69,8 @@ class DistContext:
         ignored = {p for p in decoder.parameters() if id(p) not in layer_params}
         fully_shard(decoder, mesh=self.mesh, mp_policy=mp, ignored_params=ignored)
         for module in [decoder, *layers]:
-            module.set_gradient_divide_factor(1.0)
+            module.set_gradient_divide_factor(1.0)  # sum, not mean: the loss weights normalize
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
 
     def sum_cpu(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a CPU tensor over ranks (identity when single)."""

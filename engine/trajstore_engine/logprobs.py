@@ -20,6 +20,15 @@ from __future__ import annotations
 import torch
 
 
+_use_fused = False
+
+
+def set_fused(on: bool) -> None:
+    """Use the torch.compile'd softmax statistics (fused.softmax_stats) on CUDA."""
+    global _use_fused
+    _use_fused = on
+
+
 def _logits_fp32(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if h.dtype == torch.float32 or h.dtype == torch.float64:
         return h @ weight.t().to(h.dtype)
@@ -47,6 +56,15 @@ class _TokenLogprobs(torch.autograd.Function):
                 if temperature != 1.0:
                     logits.mul_(inv_t)
                 tgt = targets[s:e]
+                if _use_fused and need_grad and logits.is_cuda and acc == torch.float32:
+                    from .fused import softmax_stats
+
+                    lp, ent, g = softmax_stats(logits, tgt, 1.0, weight.dtype)  # already / temperature
+                    logprobs[s:e] = lp
+                    entropy[s:e] = ent
+                    grad_h[s:e] = (g @ weight).to(acc).mul_(-inv_t)
+                    del logits, g
+                    continue
                 lse = torch.logsumexp(logits, dim=-1)
                 log_p = logits.sub_(lse[:, None])  # in place: the logits become log softmax
                 logprobs[s:e] = log_p.gather(1, tgt[:, None])[:, 0]

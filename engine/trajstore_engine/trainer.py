@@ -66,15 +66,20 @@ class Engine:
         self.causal_lm = self.model.base_model.model
         self.decoder = self.causal_lm.get_decoder()
         self.lm_head_weight = self.causal_lm.get_output_embeddings().weight
+        self.fused = cfg.training.fused_kernels is True or (
+            cfg.training.fused_kernels == "auto" and self.device.type == "cuda")
+        from . import fused, logprobs
+
+        logprobs.set_fused(self.fused)
+        self.fused_counts = fused.patch_model(self.causal_lm) if self.fused else {}
         self.causal_lm.gradient_checkpointing_enable({"use_reentrant": False})
         self._set_checkpointing(False)
         if self.dist.enabled:
             self.dist.shard(self.decoder, param_dtype=self.dtype)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
-        fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.trainable, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay, fused=fused)
+                                           weight_decay=o.weight_decay, fused=self.device.type == "cuda")
         self.step = 0
         self.policy_version: int | None = None
         self.metadata: dict[str, Any] = {}
@@ -318,6 +323,7 @@ class Engine:
             "attention": "varlen" if (self.cfg.training.attention == "auto" and self.device.type == "cuda"
                                       and attention.varlen_available()) else
                          ("loop" if self.cfg.training.attention == "auto" else self.cfg.training.attention),
+            "fused_kernels": self.fused,
             "step": self.step,
         }
 
