@@ -10,6 +10,7 @@ import {
   TruncatedMessageError,
   UnknownSchemaError,
   WrongSchemaError,
+  type DecodeErrorDetails,
   type EncodeIssue,
 } from './errors.js';
 import { compileGuard, WireFault } from './guard.js';
@@ -210,6 +211,45 @@ export class SchemaCodec {
     if (options.expect !== undefined && options.expect !== writer.family.name) {
       throw new WrongSchemaError(`expected a ${options.expect} message, got ${writer.family.name}`, where);
     }
+    const reader = writer.family.latest.type;
+    if (writer.resolver === undefined) {
+      // Newest version, the common case: decode straight away. The avsc types of avsc-types.ts
+      // bound every loop by the bytes left, so this cannot hang or over-allocate; only when it
+      // fails does the guard walk the bytes again, to say precisely what is wrong and where.
+      let failure: unknown;
+      try {
+        const decoded = reader.decode(bytes, HEADER_BYTES);
+        if (decoded.offset === byteLength) {
+          return { schema: writer.family.name, writerVersion: writer.schema.version, fingerprint, value: decoded.value };
+        }
+      } catch (cause) {
+        failure = cause;
+      }
+      this.diagnose(writer, bytes, maxBytes, where);
+      throw new CorruptMessageError(
+        failure === undefined
+          ? 'the value does not end where the message does'
+          : `avsc could not decode the body: ${(failure as Error)?.message ?? String(failure)}`,
+        { ...where, cause: failure },
+      );
+    }
+    // An older version: resolution goes through avsc's resolvers, which do not all bound their
+    // loops, so the guard checks the bytes first.
+    this.diagnose(writer, bytes, maxBytes, where);
+    let decoded: { value: unknown; offset: number };
+    try {
+      decoded = reader.decode(bytes, HEADER_BYTES, writer.resolver as never);
+    } catch (cause) {
+      throw new CorruptMessageError(`avsc could not decode the body: ${(cause as Error)?.message ?? String(cause)}`, { ...where, cause });
+    }
+    if (decoded.offset !== byteLength) {
+      throw new CorruptMessageError(`decoding stopped at byte ${decoded.offset}, not at the end of the message`, { ...where, position: decoded.offset });
+    }
+    return { schema: writer.family.name, writerVersion: writer.schema.version, fingerprint, value: decoded.value };
+  }
+
+  /** Runs the bounds guard over the body; throws a Truncated/CorruptMessageError naming the field. */
+  private diagnose(writer: Writer, bytes: Buffer, maxBytes: number, where: DecodeErrorDetails): void {
     try {
       writer.check(bytes, HEADER_BYTES, maxBytes);
     } catch (e) {
@@ -217,17 +257,6 @@ export class SchemaCodec {
       const details = { ...where, fieldPath: e.pathString() || null, position: e.position };
       throw e.kind === 'truncated' ? new TruncatedMessageError(e.message, details) : new CorruptMessageError(e.message, details);
     }
-    let decoded: { value: unknown; offset: number };
-    try {
-      decoded = writer.family.latest.type.decode(bytes, HEADER_BYTES, writer.resolver as never);
-    } catch (cause) {
-      // The guard accepted the bytes, so this is a value avsc itself refuses: still bad input.
-      throw new CorruptMessageError(`avsc could not decode the body: ${(cause as Error)?.message ?? String(cause)}`, { ...where, cause });
-    }
-    if (decoded.offset !== byteLength) {
-      throw new CorruptMessageError(`decoding stopped at byte ${decoded.offset}, not at the end of the message`, { ...where, position: decoded.offset });
-    }
-    return { schema: writer.family.name, writerVersion: writer.schema.version, fingerprint, value: decoded.value };
   }
 }
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import avro from 'avsc';
 import { SchemaError, SchemaErrorCode } from './errors.js';
+import { hardenedTypeHook } from './avsc-types.js';
 import { fingerprintHex, parsingCanonicalForm, schemaFingerprint } from './fingerprint.js';
 
 /**
@@ -20,9 +21,10 @@ export const SCHEMA_DIR = fileURLToPath(new URL('.', import.meta.url));
  * avsc options for every compiled type. Unions of records are wrapped (`{ Turn: {...} }`, the
  * shape of Avro's JSON encoding, which is what TypeScript can narrow with `'Turn' in payload`);
  * `["null", X]` unions are plain `X | null`. Records decode to plain-shaped objects without
- * avsc's helper methods.
+ * avsc's helper methods. Arrays, maps, ints and booleans are the faster, hostile-input-safe
+ * types of avsc-types.ts.
  */
-export const AVSC_OPTIONS = { wrapUnions: 'auto', omitRecordMethods: true } as const;
+export const AVSC_OPTIONS = { wrapUnions: 'auto', omitRecordMethods: true, typeHook: hardenedTypeHook } as const;
 
 export interface SchemaVersion {
   /** Family (folder) name, e.g. `trajectory_event`. */
