@@ -293,3 +293,25 @@ def test_queue_full_is_503_and_the_event_loop_keeps_answering(server):
     assert waited < 1.0, f"/health took {waited:.2f}s while a batch ran: the event loop is blocked"
     assert done["r"].status_code == 200
     assert chat(client, n=1).status_code == 200  # capacity is given back
+
+
+def test_generation_config_sampling_values_are_request_defaults(tiny_model_dir, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "tiny-topk1"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**config, "top_k": 1}))
+    service = PolicyService(ServerConfig(model=str(model_dir), served_model_name=BASE))
+    try:
+        with TestClient(create_app(service)) as client:
+            ids = [chat(client, seed=s, max_tokens=5, ignore_eos=True, return_token_ids=True).json()["choices"][0]["token_ids"]
+                   for s in (1, 2)]
+            greedy = chat(client, temperature=0, max_tokens=5, ignore_eos=True, return_token_ids=True).json()
+            assert ids[0] == ids[1] == greedy["choices"][0]["token_ids"]  # top_k=1 from generation_config
+            assert len({tuple(chat(client, seed=s, top_k=0, max_tokens=5, ignore_eos=True, return_token_ids=True)
+                               .json()["choices"][0]["token_ids"]) for s in (1, 2)}) == 2  # the request wins
+            err = error_of(chat(client, min_p=0.1), 400)
+            assert "min_p" in err["message"] and err["param"] == "min_p"
+    finally:
+        service.close()

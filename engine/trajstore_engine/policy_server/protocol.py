@@ -150,6 +150,10 @@ class ChatCompletionRequest(OpenAIBaseModel):
     top_p: float | None = None
     # vLLM extensions
     top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None

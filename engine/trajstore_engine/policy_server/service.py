@@ -61,6 +61,11 @@ class PolicyService:
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
         self.extra_stop_ids = [t for t in gen_eos if t != self.eos_token_id]
+        # vLLM (--generation-config auto) takes the model's generation_config.json sampling values as
+        # the defaults of requests that do not set them (ModelConfig.get_diff_sampling_param).
+        diff = model.generation_config.to_diff_dict() if getattr(model, "generation_config", None) else {}
+        self.default_sampling = {k: diff[k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+                                 if diff.get(k) is not None}
         self.registry = AdapterRegistry(model, max_loras=config.max_loras, max_lora_rank=config.max_lora_rank)
         self._global_gen = torch.Generator().manual_seed(config.seed)
         self.scheduler = Scheduler(self._run_batch, max_queue=config.max_queue,
@@ -156,13 +161,23 @@ class PolicyService:
         n = 1 if req.n is None else req.n
         if n < 1:
             raise bad_request(f"n must be at least 1, got {n}.", "n")
-        temperature = 1.0 if req.temperature is None else req.temperature
+        # priority: the request, then the model's generation_config, then OpenAI's defaults (as vLLM)
+        pick = lambda name, default: (getattr(req, name) if getattr(req, name) is not None  # noqa: E731
+                                      else self.default_sampling.get(name, default))
+        temperature = float(pick("temperature", 1.0))
         if temperature < 0.0:
             raise bad_request(f"temperature must be non-negative, got {temperature}.", "temperature")
-        top_p = 1.0 if req.top_p is None else req.top_p
+        top_p = float(pick("top_p", 1.0))
         if not 0.0 < top_p <= 1.0:
             raise bad_request(f"top_p must be in (0, 1], got {top_p}.", "top_p")
-        top_k = 0 if req.top_k is None else req.top_k
+        top_k = int(pick("top_k", 0))
+        for name, neutral in (("min_p", 0.0), ("repetition_penalty", 1.0), ("presence_penalty", 0.0),
+                              ("frequency_penalty", 0.0)):
+            value = getattr(req, name, None)
+            value = self.default_sampling.get(name, neutral) if value is None else value
+            if float(value) != neutral:
+                raise bad_request(f"{name}={value} is not supported by the trajstore CPU policy server "
+                                  f"(leave it unset or {neutral}).", name)
         if top_k < -1:
             raise bad_request(f"top_k must be 0 (disable), or at least 1, got {top_k}.", "top_k")
         num_logprobs = None
