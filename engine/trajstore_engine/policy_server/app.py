@@ -17,12 +17,14 @@ validate is a 400 ``BadRequestError`` (vLLM maps FastAPI's 422 to 400 too).
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .protocol import (APIError, ChatCompletionRequest, DetokenizeRequest, LoadLoRAAdapterRequest, TokenizeRequest,
                        UnloadLoRAAdapterRequest, bad_request, internal_error)
@@ -43,6 +45,12 @@ def create_app(service: PolicyService) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(bad_request(_describe(exc.errors())).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # unknown routes and methods: vLLM's error body, the HTTP phrase as its type
+        status = HTTPStatus(exc.status_code)
+        return JSONResponse(APIError(str(exc.detail), status.phrase, status).body(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
