@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -64,15 +65,18 @@ class AdapterRegistry:
         self._registered: "OrderedDict[str, _Registered]" = OrderedDict()
         self._resident: "OrderedDict[str, str]" = OrderedDict()  # internal -> public name, LRU order
         self._counter = 0
+        self._names_lock = threading.Lock()  # /v1/models reads the names while the worker changes them
 
     # ------------------------------------------------------------ reading (any thread)
 
     def names(self) -> list[tuple[str, str]]:
         """(name, path) of every registered adapter, in load order."""
-        return [(r.name, r.path) for r in list(self._registered.values())]
+        with self._names_lock:
+            return [(r.name, r.path) for r in self._registered.values()]
 
     def has(self, name: str) -> bool:
-        return name in self._registered
+        with self._names_lock:
+            return name in self._registered
 
     def prepare(self, name: str, path: str) -> PreparedAdapter:
         """Check an adapter directory the way vLLM's loader does, without touching the model."""
@@ -108,14 +112,13 @@ class AdapterRegistry:
         if old is not None and old.internal is not None:
             self._drop(old.internal)
         entry = _Registered(prepared.name, prepared.path, prepared.directory, internal)
-        if old is not None:
-            self._registered[prepared.name] = entry  # keeps its place in /v1/models
-        else:
-            self._registered[prepared.name] = entry
+        with self._names_lock:
+            self._registered[prepared.name] = entry  # a replacement keeps its place in /v1/models
         self._evict_beyond_capacity(keep=internal)
 
     def remove(self, name: str) -> None:
-        entry = self._registered.pop(name)
+        with self._names_lock:
+            entry = self._registered.pop(name)
         if entry.internal is not None:
             self._drop(entry.internal)
 
