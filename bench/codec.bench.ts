@@ -158,7 +158,7 @@ function median(xs: number[]): number {
 
 function main(): void {
   const event = realisticTurn('full');
-  // Same seed again, so the delta event has the very same token ids and logprobs.
+  // Reuse the full event's token ids, logprobs and completion: only the prompt text differs.
   const delta = (() => {
     const d = realisticTurn('delta');
     const t = (d.payload as unknown as { Turn: Record<string, unknown> }).Turn;

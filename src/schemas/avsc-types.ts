@@ -51,7 +51,7 @@ const AvroInt = avro.types.IntType as unknown as new () => avro.Type;
 const AvroBoolean = avro.types.BooleanType as unknown as new () => avro.Type;
 
 /** Zero-byte items (null, empty records) are capped at this many per array or map. */
-const MAX_ZERO_BYTE_ITEMS = 1 << 20;
+export const MAX_ZERO_BYTE_ITEMS = 1 << 20;
 
 function invalid(val: unknown, what: string): never {
   throw new Error(`invalid ${JSON.stringify(what)}: ${JSON.stringify(val)}`);

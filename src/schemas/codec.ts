@@ -64,7 +64,7 @@ interface Writer {
   readonly family: SchemaFamily;
   readonly schema: SchemaVersion;
   readonly header: Buffer;
-  readonly check: (bytes: Uint8Array, start: number, maxItems: number) => void;
+  readonly check: (bytes: Uint8Array, start: number, maxMessageBytes: number) => void;
   /** Resolves this writer's data into the newest version's shape; undefined for the newest itself. */
   readonly resolver: unknown;
 }

@@ -1,24 +1,27 @@
 import type avro from 'avsc';
-import { minBytes } from './avsc-types.js';
+import { MAX_ZERO_BYTE_ITEMS, minBytes } from './avsc-types.js';
 
 /**
- * A bounds-checking pass over Avro binary data, run before avsc decodes a message.
+ * A bounds-checking walk over Avro binary data that says precisely what is wrong with a message
+ * and where (`payload.Turn.prompt_token_ids[17]`, byte 1234), without trusting a single length.
  *
- * Why: avsc's reader trusts its input. It reads past the end of the buffer silently (returning
- * zeros) and sizes arrays from the block count it reads, so a corrupt count of 2^31 makes it
- * loop two billion times and allocate gigabytes: a hang or an out-of-memory crash from one
- * bad Kafka message. This pass walks the writer schema over the bytes and checks every length,
- * count, index and varint against the bytes that remain, in time linear in the message size
- * (every array item and map entry of our schemas takes at least one byte; item types that take
- * none are capped by `maxItems`). Only data that passes is handed to avsc, which then reads the
- * exact same structure.
+ * Why it exists: avsc's reader trusts its input. It reads past the end of the buffer silently
+ * (returning zeros) and sizes arrays from the block count it reads, so a corrupt count of 2^31
+ * makes it loop two billion times: a hang or an out-of-memory crash from one bad message. The
+ * codec uses this walk (1) before decoding a message written with an older schema version,
+ * whose avsc resolvers do not bound their loops, and (2) after any failed decode of the newest
+ * version, to turn "avsc threw" into a TruncatedMessageError or CorruptMessageError with a field
+ * path. (The newest version decodes first without it: the avsc types of avsc-types.ts bound
+ * their own loops.)
  *
- * It also rejects what avsc would turn into a wrong value without complaint: an `int` outside
- * 32 bits, a `long` outside JavaScript's safe integers, a boolean byte other than 0 or 1, and
- * bytes left over after the value.
+ * It walks the writer schema over the bytes and checks every length, count, index and varint
+ * against the bytes that remain, in time linear in the message size (every array item and map
+ * entry takes at least one byte; item types that take none are capped at MAX_ZERO_BYTE_ITEMS).
+ * It rejects what avsc would turn into a wrong value without complaint: an `int` outside 32
+ * bits, a `long` outside JavaScript's safe integers, a boolean byte other than 0 or 1, and bytes
+ * left over after the value.
  *
- * Compiled once per writer schema into closures; the hot loops (arrays of int/float) are
- * specialised because a Turn is mostly token ids and logprobs.
+ * Compiled once per writer schema into closures; the int-array loop (token ids) is specialised.
  */
 
 export type FaultKind = 'truncated' | 'corrupt';
@@ -45,6 +48,7 @@ export class WireFault {
 let buf: Uint8Array = new Uint8Array(0);
 let pos = 0;
 let end = 0;
+/** A claimed length above this is corrupt rather than truncated. */
 let maxLength = 0;
 /** Length of the last string/bytes skipped (map keys, for error paths). */
 let lastLength = 0;
@@ -169,7 +173,7 @@ function readBlockCount(minItemBytes: number, budget: { items: number }): number
     if (count > room) pastEnd('item count', count, room, at);
   } else {
     budget.items -= count;
-    if (budget.items < 0) corrupt(`more than ${maxLength} zero-byte items`, at);
+    if (budget.items < 0) corrupt(`more than ${MAX_ZERO_BYTE_ITEMS} zero-byte items`, at);
   }
   return count;
 }
@@ -184,7 +188,7 @@ function compileArray(itemType: avro.Type, compile: (t: avro.Type) => Skip): Ski
   // Tight loops for the arrays that dominate a Turn; the generic loop for everything else.
   if (itemType.typeName === 'int') {
     return () => {
-      const budget = { items: maxLength };
+      const budget = { items: MAX_ZERO_BYTE_ITEMS };
       let i = 0;
       try {
         for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) {
@@ -213,7 +217,7 @@ function compileArray(itemType: avro.Type, compile: (t: avro.Type) => Skip): Ski
   }
   if (itemType.typeName === 'long') {
     return () => {
-      const budget = { items: maxLength };
+      const budget = { items: MAX_ZERO_BYTE_ITEMS };
       let i = 0;
       try {
         for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) {
@@ -227,14 +231,14 @@ function compileArray(itemType: avro.Type, compile: (t: avro.Type) => Skip): Ski
   if (itemType.typeName === 'float' || itemType.typeName === 'double') {
     const width = itemType.typeName === 'float' ? 4 : 8;
     return () => {
-      const budget = { items: maxLength };
+      const budget = { items: MAX_ZERO_BYTE_ITEMS };
       // readBlockCount already proved count * width bytes remain.
       for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) pos += n * width;
     };
   }
   const item = compile(itemType);
   return () => {
-    const budget = { items: maxLength };
+    const budget = { items: MAX_ZERO_BYTE_ITEMS };
     let i = 0;
     try {
       for (let n = readBlockCount(min, budget); n !== 0; n = readBlockCount(min, budget)) {
@@ -250,7 +254,7 @@ function compileMap(valueType: avro.Type, compile: (t: avro.Type) => Skip): Skip
   const value = compile(valueType);
   const min = 1 + minBytes(valueType);
   return () => {
-    const budget = { items: maxLength };
+    const budget = { items: MAX_ZERO_BYTE_ITEMS };
     let keyAt = -1;
     let keyLength = 0;
     try {
@@ -272,7 +276,7 @@ function compileMap(valueType: avro.Type, compile: (t: avro.Type) => Skip): Skip
 }
 
 /** Compiles a checker for values of `type` (a writer schema). */
-export function compileGuard(root: avro.Type): (bytes: Uint8Array, start: number, maxItems: number) => void {
+export function compileGuard(root: avro.Type): (bytes: Uint8Array, start: number, maxMessageBytes: number) => void {
   const cache = new Map<avro.Type, Skip>();
 
   const compile = (type: avro.Type): Skip => {
@@ -363,11 +367,11 @@ export function compileGuard(root: avro.Type): (bytes: Uint8Array, start: number
   };
 
   const check = compile(root);
-  return (bytes, start, maxItems) => {
+  return (bytes, start, maxMessageBytes) => {
     buf = bytes;
     pos = start;
     end = bytes.length;
-    maxLength = maxItems;
+    maxLength = maxMessageBytes;
     try {
       check();
       if (pos !== end) corrupt(`${end - pos} bytes left over after the value`);
