@@ -8,6 +8,7 @@ rendering runs in a thread, generation and adapter changes on the scheduler's wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,8 +21,7 @@ from ..model import load_base_model, load_tokenizer
 from .adapters import AdapterRegistry
 from .generation import GenerationJob, SamplingSettings, SequenceOutput, generate_batch
 from .protocol import (APIError, ChatCompletionRequest, LoadLoRAAdapterRequest, ModelCard, ModelList,
-                       ModelPermission, UnloadLoRAAdapterRequest, bad_request, internal_error,
-                       model_not_found, queue_full)  # noqa: F401
+                       ModelPermission, UnloadLoRAAdapterRequest, bad_request, model_not_found, queue_full)
 from .scheduler import Scheduler
 
 MAX_LOGPROBS = 20  # vLLM's --max-logprobs default
@@ -250,7 +250,7 @@ class PolicyService:
             return [model_not_found(adapter or "") for _ in payloads]
         except APIError as exc:
             return [exc for _ in payloads]
-        context = self.registry.base_context() if adapter is None else _nullcontext()
+        context = self.registry.base_context() if adapter is None else contextlib.nullcontext()
         with context:
             return generate_batch(model, self.tokenizer, [p.job for p in payloads], pad_token_id=self.pad_token_id,
                                   eos_token_id=self.eos_token_id, max_model_len=self.max_model_len)
@@ -337,12 +337,4 @@ def _first_int(*values: Any) -> int:
         if isinstance(v, (list, tuple)) and v and isinstance(v[0], int):
             return v[0]
     return 0
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
