@@ -40,7 +40,7 @@ export interface CpuPolicyServerOptions {
   maxBatchSeqs?: number;
   /** Seeds the sampling of requests that carry no seed. Default 0. */
   seed?: number;
-  /** torch CPU threads. Default: torch's choice. */
+  /** torch CPU threads. Default: 1 for the tiny model (its matrices are too small to split; more threads only contend), else torch's choice. */
   threads?: number;
   /** The interpreter. Default: `TRAJSTORE_ENGINE_PYTHON`, else engine/.venv/bin/python. */
   python?: string;
@@ -166,7 +166,8 @@ export async function startCpuPolicyServer(options: CpuPolicyServerOptions = {})
   for (let attempt = 0; ; attempt++) {
     const port = options.port ?? (await freePort(host));
     try {
-      return await launch({ ...options, python, modelDir, model, host, port, timeoutMs, env });
+      const threads = options.threads ?? (tinyModel ? 1 : undefined);
+      return await launch({ ...options, threads, python, modelDir, model, host, port, timeoutMs, env });
     } catch (err) {
       const portTaken = err instanceof PolicyServerError && err.code === 'TRAJ_E_POLICY_SERVER_START' && /address already in use/i.test(err.stderr ?? '');
       if (!portTaken || options.port !== undefined || attempt >= 1) throw err;

@@ -211,6 +211,14 @@ export class KafkaService implements LocalService {
     if (!result.ok) throw new ServiceError(this.name, 'TRAJ_E_SERVICE_START', `formatting storage failed:\n${(result.stdout + result.stderr).slice(-2000)}`);
   }
 
+  /**
+   * The command line that runs one of Kafka's own tools (e.g. `org.apache.kafka.tools.ProducerPerformance`,
+   * `org.apache.kafka.tools.ConsumerPerformance`) from the installed jars: benchmarks compare against them.
+   */
+  toolCommand(mainClass: string, args: string[]): { command: string; args: string[] } {
+    return { command: 'java', args: this.jvmArgs(mainClass, ...args) };
+  }
+
   private jvmArgs(mainClass: string, ...args: string[]): string[] {
     return [
       `-Xms256m`, `-Xmx${this.opts.heapMb}m`, '-XX:+UseG1GC', '-XX:MaxGCPauseMillis=20', '-Djava.awt.headless=true',
