@@ -22,6 +22,9 @@ if [[ $mode != engine ]]; then
   phase "type-check"
   npx --no-install tsc --noEmit -p tsconfig.json
 
+  phase "schema compatibility"
+  node bin/trajstore.mjs schemas check
+
   phase "local services"
   started_here=0
   if ! node bin/trajstore.mjs services status >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { TrajstoreError } from '../util/errors.js';
 import { registerConfigCommand } from './commands/config.js';
+import { registerSchemasCommand } from './commands/schemas.js';
 import { registerServicesCommand } from './commands/services.js';
 import { registerTopicsCommand } from './commands/topics.js';
 
@@ -13,6 +14,7 @@ export function buildProgram(): Command {
   registerServicesCommand(program);
   registerConfigCommand(program);
   registerTopicsCommand(program);
+  registerSchemasCommand(program);
   return program;
 }
 
