@@ -13,8 +13,6 @@ import warnings
 
 import pytest
 
-pytest.importorskip("fastapi")
-
 with warnings.catch_warnings():  # starlette's TestClient nags about httpx; the test needs only its client
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
@@ -169,8 +167,9 @@ def test_stop_string_truncates_the_text_and_is_the_stop_reason(server):
     base = chat(client, seed=8, max_tokens=12, ignore_eos=True, return_token_ids=True).json()["choices"][0]
     text = base["message"]["content"]
     stop = next((text[i:i + 2] for i in range(2, len(text) - 2) if text[i:i + 2].strip()), None)
-    if stop is None:
-        pytest.skip("the sampled text has no usable stop string")
+    # The seeded sample is deterministic; a text without two printable characters would mean
+    # the test no longer exercises stop strings, so that is a failure, not a skip.
+    assert stop is not None, f"seed 8 sampled no usable stop string from {text!r}: pick another seed"
     r = chat(client, seed=8, max_tokens=12, ignore_eos=True, stop=[stop], return_token_ids=True).json()["choices"][0]
     assert r["finish_reason"] == "stop" and r["stop_reason"] == stop
     assert r["message"]["content"] == text[:text.find(stop)]

@@ -18,8 +18,6 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip("fastapi")
-
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
@@ -71,8 +69,8 @@ def plain_forward_logprobs(model, prompt, completion):
 
 
 def engine_path_logprobs(model, prompt, completion):
-    token_logprobs = pytest.importorskip("trajstore_engine.logprobs").token_logprobs
     from trajstore_engine import attention
+    from trajstore_engine.logprobs import token_logprobs
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = torch.tensor(prompt + completion)
