@@ -37,7 +37,7 @@ def random_batch(n_seq: int = 5, vocab: int = 500, min_len: int = 6, max_len: in
 
 
 def make_engine(model_dir, **overrides) -> Engine:
-    cfg = {"model": {"path": str(model_dir)}, "optim": {"lr": 1e-3, "max_grad_norm": None}}
+    cfg = {"model": {"path": str(model_dir), "device": "cpu"}, "optim": {"lr": 1e-3, "max_grad_norm": None}}
     for section, values in overrides.items():
         if isinstance(values, dict):
             cfg.setdefault(section, {}).update(values)

@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="timed steps per variant (after one warm-up)")
     p.add_argument("--micro-batch-tokens", type=int, default=16384)
     p.add_argument("--check-checkpoint", action="store_true", help="save/step/load/step round trip")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
 
     args = parser.parse_args(argv)
     if args.command == "make-tiny-model":

@@ -24,6 +24,10 @@ import torch.nn.functional as F
 
 PACKED_ATTENTION = "trajstore_packed"
 
+# Whether varlen_attn takes fewer k/v heads than q heads (grouped-query attention) natively;
+# None until the first call finds out.
+_varlen_gqa_native: bool | None = None
+
 # Which kernel packed attention uses: "auto" (varlen on CUDA when available, else loop), "varlen", "loop".
 _backend = "auto"
 
@@ -46,8 +50,7 @@ def varlen_available() -> bool:
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                      sliding_window=None, **kwargs):
     """transformers attention interface: q [1, Hq, T, D], k/v [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
-    seq_lens = kwargs.get("trajstore_seq_lens")
-    if seq_lens is None:
+    if not kwargs.get("trajstore_packed", False):
         return _plain_causal(query, key, value, attention_mask, scaling, dropout)
     if sliding_window is not None:
         raise NotImplementedError("packed attention does not implement sliding-window layers yet")
@@ -58,7 +61,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
         backend = "varlen" if (query.is_cuda and varlen_available()) else "loop"
     if backend == "varlen":
         return _varlen(query, key, value, kwargs, scaling), None
-    return _loop(query, key, value, seq_lens, scaling), None
+    return _loop(query, key, value, kwargs["trajstore_seq_lens"], scaling), None
 
 
 def _varlen(query, key, value, kwargs, scaling):
@@ -70,6 +73,20 @@ def _varlen(query, key, value, kwargs, scaling):
     q = query[0].transpose(0, 1).contiguous()
     k = key[0].transpose(0, 1).contiguous()
     v = value[0].transpose(0, 1).contiguous()
+    global _varlen_gqa_native
+    if k.shape[1] != q.shape[1] and _varlen_gqa_native is not False:
+        try:
+            out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0))
+            _varlen_gqa_native = True
+            return out.unsqueeze(0)
+        except RuntimeError:
+            if _varlen_gqa_native:
+                raise
+            _varlen_gqa_native = False  # this kernel wants as many k/v heads as q heads
+    if k.shape[1] != q.shape[1]:
+        n_rep = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
     out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0))
     return out.unsqueeze(0)
 
@@ -121,6 +138,7 @@ def packed_kwargs(seq_lens: list[int], device: torch.device) -> dict:
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int32).cumsum(0)
     return {
+        "trajstore_packed": True,
         "trajstore_seq_lens": list(seq_lens),
         "cu_seq_lens_q": cu.to(device, non_blocking=True),
         "cu_seq_lens_k": cu.to(device, non_blocking=True),

@@ -7,7 +7,7 @@ with a few tool-output holes: ~70% of tokens trained). In one run it times
   naive       one trajectory at a time through the Hugging Face forward, full-vocabulary float32
               logits -> log_softmax -> PPO loss -> backward; one optimizer step at the end
   engine_*    the engine's step, in variants that switch its parts on one by one (packed
-              attention kernel, fused kernels, micro-batch size, gradient checkpointing)
+              attention kernel, torch.compile of kernels or whole layers, micro-batch size, checkpointing)
   long_32k    one 32,000-token trajectory through the engine's default step
 
 and prints progress, a table, and last a line ``RESULT {json}``: tokens/s, peak GiB, and model
@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import traceback
 
 import torch
 
@@ -158,7 +159,7 @@ def timed(fn, warmup: int, reps: int, device) -> list[float]:
 
 
 def run_bench(args) -> int:
-    from . import attention, fused, logprobs
+    from . import attention
     from .batch import write_batch
     from .config import EngineConfig
     from .distributed import DistContext
@@ -187,7 +188,7 @@ def run_bench(args) -> int:
         "model": {"path": "", "max_seq_length": 40960},
         "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
         "optim": {"lr": 1e-6},
-        "training": {"micro_batch_tokens": args.micro_batch_tokens, "fused_kernels": False},
+        "training": {"micro_batch_tokens": args.micro_batch_tokens, "compile": "none", "stage_timing": True},
     })
     engine = Engine(cfg, dist, model=model)
     n_params = sum(p.numel() for p in engine.model.parameters())
@@ -235,49 +236,64 @@ def run_bench(args) -> int:
 
     tc = engine.cfg.training
 
-    def variant(name, *, attn="auto", fuse=True, mbt=args.micro_batch_tokens, ckpt="auto"):
+    def variant(name, *, attn="auto", comp="layers", mbt=args.micro_batch_tokens, ckpt="auto", chunk=None):
         attention.set_backend(attn)
-        fused.unpatch()
-        if fuse:
-            fused.patch_model(engine.causal_lm)
-        logprobs.set_fused(fuse)
+        engine.apply_compile(comp)
         tc.micro_batch_tokens, tc.gradient_checkpointing = mbt, ckpt
+        tc.logprob_chunk_tokens = chunk or default_chunk
         reset_mem()
-        say(f"== {name}: attention={attn} fused={fuse} micro_batch_tokens={mbt} checkpointing={ckpt}")
+        say(f"== {name}: attention={attn} compile={comp} micro_batch_tokens={mbt} checkpointing={ckpt} "
+            f"logprob_chunk={tc.logprob_chunk_tokens}")
         last = {}
 
         def step():
             last.update(engine.train_step(path)["metrics"])
 
-        row = record(name, timed(step, 1, reps, device), {"micro_batches": last.get("micro_batches")})
+        t_first = time.perf_counter()
+        step()  # warm-up (compiles, if any)
+        first = time.perf_counter() - t_first
+        row = record(name, timed(step, 0, reps, device), {"micro_batches": last.get("micro_batches"),
+                                                          "first_step_s": round(first, 2)})
         row["metrics"] = {k: last[k] for k in ("loss", "clip_fraction", "grad_norm", "mismatch_abs_mean",
                                                "importance_weight_max", "peak_memory_gib") if k in last}
+        row["stages"] = {k: round(v, 4) for k, v in last.items() if k.startswith(("time_", "cpu_"))}
+        if row["stages"]:
+            say(f"      stages: {row['stages']}")
         return row
 
+    default_chunk = tc.logprob_chunk_tokens
     wanted = [v for v in args.variants.split(",") if v] if args.variants else (
-        ["loop_eager", "varlen_eager", "varlen_fused", "varlen_fused_mb8k", "varlen_fused_ckpt"]
-        if not dist.enabled else ["varlen_fused"])
+        ["loop_eager", "varlen_eager", "varlen_kernels", "varlen_layers", "varlen_layers_mb8k",
+         "varlen_layers_ckpt"] if not dist.enabled else ["varlen_layers"])
     specs = {
-        "loop_eager": dict(attn="loop", fuse=False),
-        "varlen_eager": dict(attn="varlen" if not quick else "loop", fuse=False),
-        "varlen_fused": dict(attn="auto", fuse=True),
-        "varlen_fused_mb8k": dict(attn="auto", fuse=True, mbt=8192),
-        "varlen_fused_ckpt": dict(attn="auto", fuse=True, ckpt=True),
+        "loop_eager": dict(attn="loop", comp="none"),
+        "varlen_eager": dict(attn="varlen" if not quick else "loop", comp="none"),
+        "varlen_kernels": dict(comp="kernels"),
+        "varlen_layers": dict(comp="layers"),
+        "varlen_layers_chunk8k": dict(comp="layers", chunk=8192),
+        "varlen_layers_mb8k": dict(comp="layers", mbt=8192),
+        "varlen_layers_mb32k": dict(comp="layers", mbt=32768),
+        "varlen_layers_ckpt": dict(comp="layers", ckpt=True),
     }
+    if quick:
+        for spec in specs.values():
+            spec["comp"] = "none" if spec.get("comp") == "layers" else spec.get("comp", "none")
     for name in wanted:
         try:
             variant(f"engine_{name}", **specs[name])
         except Exception as exc:  # noqa: BLE001 - report and go on to the next variant
-            say(f"   engine_{name} FAILED: {type(exc).__name__}: {exc}")
+            say(f"   engine_{name} FAILED: {type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}")
             rows.append({"name": f"engine_{name}", "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
             reset_mem()
 
     # the default configuration for what follows
     attention.set_backend("auto")
-    fused.unpatch()
-    fused.patch_model(engine.causal_lm)
-    logprobs.set_fused(True)
+    engine.apply_compile("auto" if not quick else "none")
     tc.micro_batch_tokens, tc.gradient_checkpointing = args.micro_batch_tokens, "auto"
+    tc.logprob_chunk_tokens = default_chunk
+
+    if args.profile and device.type == "cuda":
+        profile_step(engine, path)
 
     if not args.skip_long and not dist.enabled:
         say(f"== one {long_len}-token trajectory (default settings: checkpointing switches on above "
@@ -328,6 +344,19 @@ def run_bench(args) -> int:
             f.write(json.dumps(_no_nan(result), indent=2) + "\n")
     dist.close()
     return 0
+
+
+def profile_step(engine, path: str) -> None:
+    """torch.profiler over one step of the current configuration: the top kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.train_step(path)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine.train_step(path)
+        torch.cuda.synchronize()
+    say("== profile (one step, default settings): top 30 by GPU time")
+    say(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
 
 
 def checkpoint_roundtrip(engine, batch_path: str, tmp: str) -> dict:

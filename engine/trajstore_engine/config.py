@@ -79,8 +79,12 @@ class TrainingConfig:
     logprob_chunk_tokens: int = 4096
     # packed attention kernel: auto | varlen | loop (see attention.py)
     attention: Literal["auto", "varlen", "loop"] = "auto"
-    # torch.compile'd RMSNorm / SwiGLU / RoPE / softmax statistics (fused.py): true | false | "auto" (CUDA only)
-    fused_kernels: bool | Literal["auto"] = "auto"
+    # torch.compile (fused.py): "layers" compiles each decoder layer's forward (fuses elementwise
+    # work and removes Python overhead); "kernels" compiles only RMSNorm / SwiGLU / RoPE; both also
+    # fuse the logprob softmax statistics. "auto": layers on CUDA, none on CPU.
+    compile: Literal["auto", "layers", "kernels", "none"] = "auto"
+    # Report per-stage times (time_forward_s, ...; GPU time from CUDA events, and cpu_* wall time).
+    stage_timing: bool = False
 
 
 @dataclass

@@ -98,6 +98,28 @@ def patch_model(model) -> dict[str, int]:
     return counts
 
 
+def compile_layers(decoder) -> int:
+    """torch.compile each decoder layer's forward (dynamic shapes). The layers share one compiled
+    graph (same code, parameters as inputs). Module hooks (FSDP, checkpointing) stay outside."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.accumulated_cache_size_limit = max(
+        torch._dynamo.config.accumulated_cache_size_limit, 1024)
+    n = 0
+    for layer in decoder.layers:
+        if "forward" not in layer.__dict__:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
+            n += 1
+    return n
+
+
+def uncompile_layers(decoder) -> None:
+    for layer in decoder.layers:
+        if "forward" in layer.__dict__:
+            del layer.forward
+
+
 def unpatch() -> None:
     while _saved:
         obj, attr, value = _saved.pop()

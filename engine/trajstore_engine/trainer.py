@@ -66,12 +66,7 @@ class Engine:
         self.causal_lm = self.model.base_model.model
         self.decoder = self.causal_lm.get_decoder()
         self.lm_head_weight = self.causal_lm.get_output_embeddings().weight
-        self.fused = cfg.training.fused_kernels is True or (
-            cfg.training.fused_kernels == "auto" and self.device.type == "cuda")
-        from . import fused, logprobs
-
-        logprobs.set_fused(self.fused)
-        self.fused_counts = fused.patch_model(self.causal_lm) if self.fused else {}
+        self.compile_mode = self.apply_compile(cfg.training.compile)
         self.causal_lm.gradient_checkpointing_enable({"use_reentrant": False})
         self._set_checkpointing(False)
         if self.dist.enabled:
@@ -89,6 +84,8 @@ class Engine:
     def train_step(self, batch_path: str, policy_version: int | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         self._reset_peak_memory()
+        timer = StageTimer(self.cfg.training.stage_timing, self.device)
+        timer.mark("prepare")
         batch = read_batch(batch_path, self.vocab_size, self.cfg.model.max_seq_length)
         stats = StepStats(self.device)
         mask = self.trained_tokens(batch, policy_version, stats)
@@ -100,16 +97,23 @@ class Engine:
             for k, plan in enumerate(steps):
                 for mb in plan.micro_batches:
                     mb = mb.to(self.device)
+                    timer.mark("forward")
                     hidden = self.forward(mb, train=True)
+                    timer.mark("logprobs")
                     logprobs, entropy = self.logprobs(mb, hidden)
+                    timer.mark("loss")
                     prox = _take(proximal, mb)
                     loss, terms = policy_loss(logprobs, mb.behavior_logprobs, mb.advantages, mb.weights,
                                               self.cfg.loss, prox, _take(base, mb))
+                    timer.mark("backward")
                     self.backward(loss)
+                    timer.mark("loss")
                     pre_update = prox if prox is not None else (logprobs if k == 0 else None)
                     stats.add_terms(terms, pre_update, mb.behavior_logprobs, entropy, mb.advantages, loss)
                     del hidden, logprobs, loss
+                timer.mark("optimizer")
                 grad_norms.append(self.optimizer_step())
+            timer.mark("end")
         except torch.OutOfMemoryError as exc:
             self._recover_from_oom()
             raise out_of_memory(str(exc), micro_batch_tokens=self.cfg.training.micro_batch_tokens,
@@ -132,6 +136,7 @@ class Engine:
             micro_batches=sum(len(p.micro_batches) for p in steps) * self.dist.world_size,
             optimizer_steps=len(steps),
         )
+        metrics.update(timer.totals())
         return {"step": self.step, "metrics": metrics}
 
     def trained_tokens(self, batch: Batch, policy_version: int | None, stats: StepStats) -> torch.Tensor:
@@ -307,6 +312,22 @@ class Engine:
 
     # ------------------------------------------------------------------ helpers
 
+    def apply_compile(self, mode: str) -> str:
+        """Switch torch.compile on for the decoder layers or the small kernels (see fused.py)."""
+        from . import fused, logprobs
+
+        if mode == "auto":
+            mode = "layers" if self.device.type == "cuda" else "none"
+        fused.unpatch()
+        fused.uncompile_layers(self.decoder)
+        if mode == "kernels":
+            fused.patch_model(self.causal_lm)
+        elif mode == "layers":
+            fused.compile_layers(self.decoder)
+        logprobs.set_fused(mode != "none")
+        self.compile_mode = mode
+        return mode
+
     def describe(self) -> dict[str, Any]:
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable)
@@ -323,7 +344,7 @@ class Engine:
             "attention": "varlen" if (self.cfg.training.attention == "auto" and self.device.type == "cuda"
                                       and attention.varlen_available()) else
                          ("loop" if self.cfg.training.attention == "auto" else self.cfg.training.attention),
-            "fused_kernels": self.fused,
+            "compile": self.compile_mode,
             "step": self.step,
         }
 
@@ -376,6 +397,36 @@ class Engine:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class StageTimer:
+    """Per-stage GPU time (CUDA events, no sync until the end) and CPU wall time of a step."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, Any, float]] = []
+
+    def mark(self, name: str) -> None:
+        if not self.enabled:
+            return
+        ev = None
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+        self.marks.append((name, ev, time.perf_counter()))
+
+    def totals(self) -> dict[str, float]:
+        if not self.enabled or len(self.marks) < 2:
+            return {}
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for (name, ev, t), (_, ev2, t2) in zip(self.marks, self.marks[1:]):
+            if ev is not None:
+                out[f"time_{name}_s"] = out.get(f"time_{name}_s", 0.0) + ev.elapsed_time(ev2) / 1e3
+            out[f"cpu_{name}_s"] = out.get(f"cpu_{name}_s", 0.0) + (t2 - t)
+        return out
 
 
 def _take(values: torch.Tensor | None, mb: MicroBatch) -> torch.Tensor | None:

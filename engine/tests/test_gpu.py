@@ -1,0 +1,151 @@
+"""GPU-only checks (skipped without CUDA): the fast paths compute what the plain ones compute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import lora_state, make_engine, random_batch, randomize_lora, save_batch
+
+pytestmark = pytest.mark.gpu
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def test_varlen_attention_matches_per_sequence_sdpa_forward_and_backward():
+    from trajstore_engine import attention
+
+    torch.manual_seed(0)
+    lens = [37, 300, 1, 129, 1024]
+    T, hq, hkv, d = sum(lens), 16, 8, 128
+    q = torch.randn(1, hq, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, hkv, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, hkv, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kw = attention.packed_kwargs(lens, torch.device("cuda"))
+    grads = {}
+    outs = {}
+    g = torch.randn(1, T, hq, d, device="cuda")
+    for backend in ("varlen", "loop"):
+        attention.set_backend(backend)
+        out, _ = attention.packed_attention(None, q, k, v, None, scaling=d**-0.5, **kw)
+        (out.float() * g.float()).sum().backward()
+        outs[backend] = out.detach()
+        grads[backend] = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+    attention.set_backend("auto")
+    assert outs["varlen"].shape == (1, T, hq, d)
+    assert rel(outs["varlen"], outs["loop"]) < 1e-2
+    for a, b in zip(grads["varlen"], grads["loop"]):
+        assert rel(a, b) < 2e-2
+
+
+def test_fused_kernels_match_eager_forward_and_backward():
+    from trajstore_engine import fused
+
+    torch.manual_seed(1)
+    x = torch.randn(3000, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    for fast, slow, args in (
+        (fused.rms_norm, fused._rms_norm, (x, w, 1e-6)),
+        (fused.swiglu, fused._swiglu, (x, x * 0.5)),
+    ):
+        a = fast(*args)
+        b = slow(*args)
+        assert rel(a, b) < 1e-2
+        ga = torch.autograd.grad(a.float().sum(), x, retain_graph=True)[0]
+        gb = torch.autograd.grad(b.float().sum(), x, retain_graph=True)[0]
+        assert rel(ga, gb) < 1e-2
+    q = torch.randn(1, 16, 500, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 8, 500, 128, device="cuda", dtype=torch.bfloat16)
+    cos = torch.randn(1, 500, 128, device="cuda", dtype=torch.bfloat16)
+    sin = torch.randn(1, 500, 128, device="cuda", dtype=torch.bfloat16)
+    for a, b in zip(fused.rope(q, k, cos, sin), fused._rope(q, k, cos, sin)):
+        assert rel(a, b) < 1e-2
+    logits = torch.randn(777, 5000, device="cuda") * 3
+    tgt = torch.randint(0, 5000, (777,), device="cuda")
+    for a, b in zip(fused.softmax_stats(logits, tgt, 1.0, torch.float32),
+                    fused._softmax_stats(logits, tgt, 1.0, torch.float32)):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("use_fused", [False, True])
+def test_chunked_bf16_logprobs_and_gradient_match_float64(use_fused):
+    from trajstore_engine import logprobs
+
+    torch.manual_seed(2)
+    m, h, vocab = 3000, 256, 50000
+    hid = (torch.randn(m, h, device="cuda") * 0.5).bfloat16().requires_grad_(True)
+    weight = (torch.randn(vocab, h, device="cuda") * 0.2).bfloat16()
+    tgt = torch.randint(0, vocab, (m,), device="cuda")
+    logprobs.set_fused(use_fused)
+    try:
+        lp, ent = logprobs.token_logprobs(hid, weight, tgt, chunk_size=1024, temperature=0.9)
+        gout = torch.randn(m, device="cuda")
+        (lp * gout).sum().backward()
+    finally:
+        logprobs.set_fused(False)
+    h64 = hid.detach().double().requires_grad_(True)
+    ref = torch.log_softmax(h64 @ weight.double().t() / 0.9, -1)
+    ref_lp = ref.gather(1, tgt[:, None])[:, 0]
+    ref_ent = -(ref.exp() * ref).sum(-1)
+    (ref_lp * gout.double()).sum().backward()
+    assert float((lp.double() - ref_lp).abs().max()) < 2e-3
+    assert float((ent.double() - ref_ent).abs().max()) < 2e-3
+    assert rel(hid.grad, h64.grad) < 1e-2
+
+
+def test_gpu_bf16_step_matches_cpu_float32_step(tiny_model_dir, tmp_path):
+    batch = random_batch(n_seq=6, seed=4, min_len=20, max_len=300)
+    path = save_batch(tmp_path, batch)
+    grads, losses = {}, {}
+    for device in ("cpu", "cuda"):
+        engine = make_engine(tiny_model_dir, model={"device": device},
+                             training={"micro_batch_tokens": 512})
+        randomize_lora(engine, seed=9)
+        captured = {}
+        step = engine.optimizer_step
+
+        def capture(engine=engine, captured=captured, step=step):
+            captured.update({n: p.grad.detach().float().cpu().clone()
+                             for n, p in engine.model.named_parameters() if p.requires_grad})
+            return step()
+
+        engine.optimizer_step = capture
+        out = engine.train_step(path)
+        grads[device], losses[device] = captured, out["metrics"]["loss"]
+        if device == "cuda":
+            assert engine.describe()["attention"] == "varlen"
+            assert engine.compile_mode == "layers"
+            assert out["metrics"]["peak_memory_gib"] > 0
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=3e-2, abs=1e-3)
+    a = torch.cat([g.flatten() for _, g in sorted(grads["cuda"].items())])
+    b = torch.cat([g.flatten() for _, g in sorted(grads["cpu"].items())])
+    assert rel(a, b) < 5e-2
+    assert float(F.cosine_similarity(a, b, dim=0)) > 0.995
+
+
+def test_real_cuda_oom_is_a_typed_error_and_the_engine_recovers(tiny_model_dir, tmp_path):
+    from trajstore_engine.errors import OUT_OF_MEMORY, EngineError
+
+    engine = make_engine(tiny_model_dir, model={"device": "cuda"},
+                         training={"micro_batch_tokens": 200000, "gradient_checkpointing": False})
+    big = save_batch(tmp_path, random_batch(n_seq=8, seed=5, min_len=20000, max_len=20000), "big")
+    small = save_batch(tmp_path, random_batch(n_seq=2, seed=6), "small")
+    before = lora_state(engine)
+    free, total = torch.cuda.mem_get_info()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_allocated() + 300 * 2**20) / total))
+    try:
+        with pytest.raises(EngineError) as info:
+            engine.train_step(big)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    err = info.value
+    assert err.code == OUT_OF_MEMORY and not err.retriable
+    assert "micro_batch_tokens" in err.hint and "gradient_checkpointing" in err.hint
+    assert "max_seq_length" in err.hint
+    after = lora_state(engine)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the step was not applied
+    out = engine.train_step(small)
+    assert out["step"] == 1
