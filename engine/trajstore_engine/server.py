@@ -81,7 +81,10 @@ class Server:
             raise bad_request("metadata must be an object")
         overwrite = req.get("overwrite", False)
         if "policy_version" in req:
-            engine.policy_version = req["policy_version"]
+            version = req["policy_version"]
+            if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+                raise bad_request("policy_version must be an integer or null")
+            engine.policy_version = version
         out = engine.save(_field(req, "path", str), meta, overwrite=bool(overwrite))
         return out, {"save_time_s": out.pop("save_time_s")}
 
@@ -113,11 +116,14 @@ class Server:
         t0 = time.perf_counter()
         cmd = req.get("cmd")
         reply: dict[str, Any] = {"id": req.get("id"), "cmd": cmd}
+        # One line per command on stderr: a crash's stderr tail then says what the engine was doing.
+        log.info("%s (id %s) started", cmd, req.get("id"))
         try:
             if cmd not in self.handlers:
                 raise bad_request(f"unknown command {cmd!r}", f"commands: {', '.join(self.handlers)}")
             result, metrics = self.handlers[cmd](req)
             reply.update(ok=True, result=result, metrics=metrics)
+            log.info("%s (id %s) done in %.3f s", cmd, req.get("id"), time.perf_counter() - t0)
         except EngineError as err:
             log.warning("%s failed: %s", cmd, err)
             reply.update(ok=False, error=err.to_json(), metrics={})
