@@ -71,6 +71,10 @@ export const TrainingSection = z
     publish_every_steps: positiveInt.default(1),
     /** Groups whose producer went silent are closed after this long. */
     group_timeout_s: z.number().positive().default(600),
+    /** Groups assembled at once at most; past it the least recently active one is closed (counted as evicted). */
+    max_open_groups: positiveInt.default(4096),
+    /** Token budget of one optimizer step: fewer than batch_size groups when it would be passed; 0: none. */
+    max_tokens_per_step: nonNegativeInt.default(0),
     output_dir: z.string().min(1).default('outputs/grpo'),
     eval_steps: nonNegativeInt.default(0),
   })
@@ -92,6 +96,14 @@ export const RolloutSection = z
     max_tokens: positiveInt.default(512),
     /** Free-form settings of the chosen environment (task families, difficulty, ...). */
     env_options: z.record(z.string(), z.unknown()).default({}),
+    /** Producer processes sharing the run: staleness pacing gives each its share of the budget. */
+    num_producers: positiveInt.default(1),
+    /** Held-out tasks run against each new policy version (purpose eval, never trained on); 0: no eval. */
+    eval_tasks: nonNegativeInt.default(0),
+    /** Sampling temperature of eval episodes (0: greedy). */
+    eval_temperature: z.number().nonnegative().default(0),
+    /** Compression of the producer's Kafka batches (kafkajs ships gzip; others need codecs). */
+    compression: z.enum(['none', 'gzip']).default('gzip'),
   })
   .strict();
 
@@ -148,12 +160,35 @@ export const ClickHouseSection = z
   })
   .strict();
 
+/** The ClickHouse sink (`trajstore sink`): how it batches, retries and joins its consumer group. */
+export const SinkSection = z
+  .object({
+    /** Kafka consumer group; default `trajstore-sink.<clickhouse.database>`, so each database has its own position. */
+    group_id: z.string().min(1).optional(),
+    /** Flush when this many rows wait… */
+    batch_max_rows: positiveInt.default(20000),
+    /** …or when the oldest waiting row is this old. */
+    batch_max_ms: positiveInt.default(1000),
+    /** Flush early once no new batch arrived for this long (Kafka's linger.ms idea). */
+    linger_ms: nonNegativeInt.default(20),
+    /** Longest pause between retries while ClickHouse is unreachable (backoff doubles up to it). */
+    retry_max_ms: positiveInt.default(10000),
+    /** Kafka session timeout; a killed sink's partitions move on after this long (broker minimum 6000). */
+    session_timeout_ms: z.number().int().min(6000).default(30000),
+  })
+  .strict();
+
 export const StorageSection = z
   .object({
     /** Content-addressed blobs (screenshots): a local directory or an s3:// URI. */
     blobs: z.string().min(1).default('.trajstore/blobs'),
     /** Immutable adapter versions: a local directory or an s3:// URI. */
     adapters: z.string().min(1).default('.trajstore/adapters'),
+    /** S3-compatible endpoint (MinIO, R2, ...) for s3:// stores; unset: AWS. Credentials come from the AWS SDK's usual chain. */
+    s3_endpoint: httpUrl.optional(),
+    s3_region: z.string().min(1).default('us-east-1'),
+    /** Path-style URLs (bucket in the path), which most S3-compatible servers need. */
+    s3_force_path_style: z.boolean().default(false),
   })
   .strict();
 
@@ -168,6 +203,7 @@ export const TrajstoreConfigSchema = z
     checkpoint: CheckpointSection.default(CheckpointSection.parse({})),
     kafka: KafkaSection.default(KafkaSection.parse({})),
     clickhouse: ClickHouseSection.default(ClickHouseSection.parse({})),
+    sink: SinkSection.default(SinkSection.parse({})),
     storage: StorageSection.default(StorageSection.parse({})),
   })
   .strict();
