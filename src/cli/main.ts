@@ -4,6 +4,7 @@ import { registerConfigCommand } from './commands/config.js';
 import { registerSchemasCommand } from './commands/schemas.js';
 import { registerServicesCommand } from './commands/services.js';
 import { registerTopicsCommand } from './commands/topics.js';
+import { registerTrainCommand } from './commands/train.js';
 
 /** `trajstore`: one entry point, a subcommand per role (services, config, rollout, sink, train, …). */
 export function buildProgram(): Command {
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
   registerConfigCommand(program);
   registerTopicsCommand(program);
   registerSchemasCommand(program);
+  registerTrainCommand(program);
   return program;
 }
 

@@ -1,0 +1,333 @@
+/**
+ * The trainer's core, shared by streaming training and replay: events in, optimizer steps,
+ * checkpoints and versions out. Everything runs on one logical thread (the driver awaits each
+ * call), so the order of decisions is the order of the log and nothing needs a lock.
+ *
+ *   ingest(records) → decode → assemble groups → filters + advantages → batcher
+ *                  → step: batch file → engine.trainStep → ledger line → metrics event
+ *                  → every publish_every_steps / save_every_steps: checkpoint (engine save,
+ *                    trainer state as metadata) → commit offsets → adapter store → policy.versions
+ *                    → load on the policy servers
+ */
+import { mkdirSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Producer } from 'kafkajs';
+import type { TrajstoreConfig } from '../../config/index.js';
+import type { EngineClient } from '../../engine/client.js';
+import { writeBatchFile } from '../../engine/batch-file.js';
+import { buildDeadLetter, decodeTrajectoryEvent, encodeTrainerStepMetrics } from '../../schemas/index.js';
+import type { Logger } from '../../util/logger.js';
+import { LocalAdapterStore, type StoredAdapter } from './adapter-store.js';
+import { GroupAssembler } from './assembler.js';
+import { StepBatcher, stepTensors } from './batcher.js';
+import { checkpointDir, pruneCheckpoints, type TrainerState } from './checkpoints.js';
+import { prepareGroup, type FilterOptions } from './filters.js';
+import { Ledger } from './ledger.js';
+import { OffsetTracker, type ResumeState } from './offsets.js';
+import type { VersionPublisher } from './publisher.js';
+import type { LogRecord } from './source.js';
+import { buildStepMetrics } from './step-metrics.js';
+import type { AssembledGroup, DropReason, TrainGroup } from './types.js';
+
+export interface CoreOptions {
+  config: TrajstoreConfig;
+  /** The run being trained (config.run.id, or replay's --run). */
+  runId: string;
+  /** The run whose events are read (replay: --source-run). */
+  sourceRunId: string;
+  /**
+   * stream: staleness is measured against the versions this trainer published;
+   * replay: against the newest behavior version seen in the log so far (the source run's trainer
+   * at that time), since the new run's own versions never sampled anything.
+   */
+  mode: 'stream' | 'replay';
+  /** null only for a dry run. */
+  engine: EngineClient | null;
+  producer: Producer;
+  publisher: VersionPublisher | null;
+  logger: Logger;
+  /** Called after a checkpoint is durable, with its resume offsets (stream: commit them to the run's group). */
+  onCheckpoint?: (offsets: Map<number, number>) => Promise<void>;
+  resume?: TrainerState;
+  /** Dry run: assemble and filter, count, but never call the engine. */
+  dryRun?: boolean;
+}
+
+export class TrainerCore {
+  step = 0;
+  version = 0;
+  private logVersion = 0;
+  private published: StoredAdapter | null = null;
+  private versionStep = 0;
+  readonly assembler: GroupAssembler;
+  readonly batcher: StepBatcher;
+  readonly tracker: OffsetTracker;
+  readonly ledger: Ledger;
+  readonly totals: Record<string, number> = {};
+  private droppedSinceStep: Record<string, number> = {};
+  private pendingDrops: Record<string, string> = {};
+  private readonly store: LocalAdapterStore;
+  private readonly filter: FilterOptions;
+  private readonly outDir: string;
+  private lastPublishMs: number | null = null;
+  /** Groups a dry run would train, for its report. */
+  readonly dryRunGroups: TrainGroup[] = [];
+
+  constructor(private readonly o: CoreOptions) {
+    const c = o.config;
+    this.outDir = resolve(c.training.output_dir);
+    mkdirSync(join(this.outDir, 'batches'), { recursive: true });
+    this.store = new LocalAdapterStore(c.storage.adapters);
+    this.filter = {
+      maxStaleness: c.training.max_staleness,
+      stalePolicy: c.training.stale_policy,
+      stdScaling: c.training.advantage_std_scaling,
+      maxSeqLength: c.model.max_seq_length,
+    };
+    const r = o.resume;
+    this.tracker = new OffsetTracker(r?.resume);
+    this.assembler = new GroupAssembler({
+      runId: o.sourceRunId,
+      timeoutMs: c.training.group_timeout_s * 1000,
+      maxOpenGroups: c.training.max_open_groups,
+      skip: OffsetTracker.skipSet(r?.resume),
+    });
+    this.batcher = new StepBatcher({ groupsPerStep: c.training.batch_size, maxTokensPerStep: c.training.max_tokens_per_step });
+    this.ledger = new Ledger(join(this.outDir, 'ledger.jsonl'));
+    if (r) {
+      this.step = r.step;
+      this.version = r.policy_version;
+      this.logVersion = r.log_version ?? 0;
+      this.versionStep = r.step;
+      Object.assign(this.totals, r.totals);
+      if (r.published) this.published = { version: r.published.version, dir: r.published.dir, checksum: r.published.checksum, uri: `file://${r.published.dir}` };
+      this.ledger.truncate(r.ledger_seq);
+    } else {
+      this.ledger.truncate(0);
+    }
+  }
+
+  get done(): boolean {
+    return this.step >= this.o.config.training.max_steps;
+  }
+
+  get resumeOffsets(): Map<number, number> {
+    const { state } = this.tracker.snapshot(this.undecided());
+    return new Map(Object.entries(state).map(([p, r]) => [Number(p), r.offset]));
+  }
+
+  /** Decodes and assembles records in log order; trains whenever a step is ready. */
+  async ingest(records: LogRecord[], topic: string): Promise<void> {
+    for (const rec of records) {
+      if (this.done) return;
+      this.tracker.read(rec.partition, rec.offset);
+      let event;
+      try {
+        if (!rec.value) throw new Error('empty message (tombstone) on the trajectory topic');
+        event = decodeTrajectoryEvent(rec.value);
+      } catch (err) {
+        await this.deadLetter(rec, topic, err);
+        continue;
+      }
+      const { completed, evicted } = this.assembler.accept(event, { partition: rec.partition, offset: rec.offset }, Date.now());
+      if (evicted) this.decide(evicted, 'evicted');
+      if (completed) this.decide(completed);
+      await this.trainReadySteps(false);
+    }
+  }
+
+  /** Closes groups silent past the timeout (by wall clock in streaming, by log time in replay). */
+  async expire(now: { wallMs?: number; logMs?: number }): Promise<void> {
+    for (const g of this.assembler.expire(now)) this.decide(g);
+    await this.trainReadySteps(false);
+  }
+
+  /** End of input (replay range, or shutdown): trains what is pending unless `keepPending`, then checkpoints. */
+  async finish(opts: { closeOpen: boolean; flush: boolean }): Promise<void> {
+    if (opts.closeOpen) for (const g of this.assembler.closeAll()) this.decide(g);
+    if (opts.flush) await this.trainReadySteps(true);
+    if (this.o.dryRun) return;
+    if (Object.keys(this.pendingDrops).length > 0) this.ledger.append({ step: this.step, policy_version: this.version, trained: [], dropped: this.takeDrops() });
+    await this.checkpoint(false);
+  }
+
+  private decide(group: AssembledGroup, forced?: DropReason): void {
+    if (this.o.mode === 'replay') {
+      for (const ep of group.episodes) for (const t of ep.turns) if (t.policyVersion > this.logVersion) this.logVersion = t.policyVersion;
+    }
+    if (forced) return this.drop(group, forced);
+    const current = this.o.mode === 'stream' ? this.version : this.logVersion;
+    const res = prepareGroup(group, current, this.filter);
+    for (const [k, n] of Object.entries(res.episodeDrops)) this.count(`episodes_dropped_${k}`, n);
+    if (!res.ok) return this.drop(group, res.reason);
+    if (res.group.weight < 1) this.count('groups_downweighted', 1);
+    this.batcher.add(res.group);
+  }
+
+  private drop(group: AssembledGroup, reason: DropReason): void {
+    this.pendingDrops[group.groupId] = reason;
+    this.droppedSinceStep[reason] = (this.droppedSinceStep[reason] ?? 0) + 1;
+    this.count(`groups_dropped_${reason}`, 1);
+    this.tracker.decide(group.groupId, group.first);
+  }
+
+  private async trainReadySteps(flush: boolean): Promise<void> {
+    for (;;) {
+      if (this.done) return;
+      const groups = this.batcher.take(flush);
+      if (!groups) return;
+      if (this.o.dryRun) {
+        this.dryRunGroups.push(...groups);
+        for (const g of groups) this.tracker.decide(g.groupId, g.first);
+        continue;
+      }
+      await this.trainStep(groups);
+    }
+  }
+
+  private async trainStep(groups: TrainGroup[]): Promise<void> {
+    const t0 = performance.now();
+    const batchPath = join(this.outDir, 'batches', `step-${this.step + 1}.safetensors`);
+    await writeBatchFile(batchPath, stepTensors(groups), { run_id: this.o.runId, step: String(this.step + 1) });
+    const reply = await this.engine().trainStep(batchPath, { policyVersion: this.currentVersion() });
+    rmSync(batchPath, { force: true });
+    this.step++;
+    for (const g of groups) this.tracker.decide(g.groupId, g.first);
+    this.ledger.append({ step: this.step, policy_version: this.version, trained: groups.map((g) => g.groupId), dropped: this.takeDrops() });
+    this.count('groups_trained', groups.length);
+    this.count('tokens_trained', groups.reduce((n, g) => n + g.tokens, 0));
+    const stepTimeMs = performance.now() - t0;
+
+    const c = this.o.config;
+    const publish = this.step % c.training.publish_every_steps === 0;
+    const save = publish || this.step % c.checkpoint.save_every_steps === 0 || this.done;
+    if (publish) {
+      this.version++;
+      this.versionStep = this.step;
+    }
+    const droppedSinceLastStep = this.droppedSinceStep;
+    this.droppedSinceStep = {};
+    let ckpt: { dir: string; adapterDir: string } | null = null;
+    if (save) ckpt = await this.checkpoint(publish);
+    if (publish && ckpt) await this.publishVersion(ckpt, reply.metrics);
+    else await this.o.publisher?.catchUp();
+
+    const metrics = buildStepMetrics({
+      runId: this.o.runId,
+      step: this.step,
+      policyVersion: this.version,
+      groups,
+      engine: reply.metrics,
+      stepTimeMs,
+      droppedSinceLastStep,
+      extra: {
+        open_groups: this.assembler.openCount,
+        versions_behind_servers: this.o.publisher?.behindCount ?? 0,
+        ...(this.lastPublishMs !== null && publish ? { publish_load_ms: this.lastPublishMs } : {}),
+        ...Object.fromEntries(Object.entries(this.assembler.counters).map(([k, v]) => [`log_${k}`, v])),
+      },
+    });
+    await this.o.producer.send({ topic: c.kafka.topics.trainer_metrics, messages: [{ key: this.o.runId, value: encodeTrainerStepMetrics(metrics) }] });
+    this.o.logger.info({ step: this.step, version: this.version, loss: round(metrics.loss), reward_mean: round(metrics.reward_mean),
+      groups: groups.length, tokens: metrics.num_tokens, tokens_per_s: Math.round(metrics.tokens_per_second),
+      mismatch: round(metrics.behavior_logprob_abs_diff_mean), step_ms: Math.round(stepTimeMs) }, 'step');
+  }
+
+  private engine(): EngineClient {
+    if (!this.o.engine) throw new Error('internal: a dry run reached the engine');
+    return this.o.engine;
+  }
+
+  private currentVersion(): number {
+    return this.o.mode === 'stream' ? this.version : this.logVersion;
+  }
+
+  /** Saves a checkpoint (durable when this returns), then commits its offsets and prunes old ones. */
+  private async checkpoint(isVersion: boolean): Promise<{ dir: string; adapterDir: string }> {
+    const c = this.o.config;
+    const { state: resume, forgotten } = this.tracker.snapshot(this.undecided());
+    this.assembler.forget(forgotten);
+    const state: TrainerState = {
+      format: 'trajstore-trainer',
+      run_id: this.o.runId,
+      step: this.step,
+      policy_version: this.version,
+      published: isVersion ? null : this.published && { version: this.published.version, dir: this.published.dir, checksum: this.published.checksum },
+      topic: c.kafka.topics.trajectories,
+      resume,
+      ledger_seq: this.ledger.lastSeq,
+      totals: { ...this.totals },
+      log_version: this.logVersion,
+    };
+    const dir = checkpointDir(c.checkpoint.dir, this.step);
+    // A save at the same step (a final save right after a periodic one) replaces it with the newer offsets.
+    const saved = await this.engine().save(dir, { metadata: { trainer: state }, overwrite: true, policyVersion: this.version });
+    await this.o.onCheckpoint?.(new Map(Object.entries(resume).map(([p, r]) => [Number(p), r.offset])));
+    pruneCheckpoints(c.checkpoint.dir, c.checkpoint.keep_last, [dir]);
+    return { dir, adapterDir: saved.result.adapter_path ?? join(dir, 'adapter') };
+  }
+
+  /** Copies the checkpoint's adapter into the store, writes policy.versions, loads it on the servers. */
+  private async publishVersion(ckpt: { dir: string; adapterDir: string }, engineMetrics: Record<string, number | null>): Promise<void> {
+    const adapter = this.store.publish(this.o.runId, this.version, ckpt.adapterDir);
+    const parent = this.published?.version ?? null;
+    this.published = adapter;
+    this.count('versions_published', 1);
+    if (!this.o.publisher) return;
+    const metrics: Record<string, number> = {};
+    for (const k of ['loss', 'clip_fraction', 'mismatch_abs_mean', 'grad_norm']) {
+      const v = engineMetrics[k];
+      if (typeof v === 'number' && Number.isFinite(v)) metrics[k] = v;
+    }
+    const t0 = performance.now();
+    const { loadMs } = await this.o.publisher.publish({ adapter, step: this.versionStep, parentVersion: parent, checkpointUri: `file://${ckpt.dir}`, metrics });
+    this.lastPublishMs = performance.now() - t0;
+    this.o.logger.info({ version: adapter.version, checksum: adapter.checksum, servers_ms: loadMs.map((m) => (m === null ? null : Math.round(m))) }, 'version published');
+  }
+
+  /**
+   * After a resume: makes sure the checkpoint's newest version is in the store, announced and on
+   * the servers (the crash may have come between the save and any of those).
+   */
+  async republishAfterResume(checkpoint: { dir: string; step: number }): Promise<void> {
+    if (this.version === 0) return;
+    const atVersionStep = this.o.resume?.published === null;
+    if (atVersionStep) {
+      const adapter = this.store.publish(this.o.runId, this.version, join(checkpoint.dir, 'adapter'));
+      this.published = adapter;
+      await this.o.publisher?.publish({ adapter, step: checkpoint.step, parentVersion: this.version > 1 ? this.version - 1 : null, checkpointUri: `file://${checkpoint.dir}`, metrics: {} });
+    } else if (this.published) {
+      this.o.publisher?.setLatest(this.published);
+      await this.o.publisher?.catchUp();
+    }
+  }
+
+  async catchUpServers(): Promise<void> {
+    await this.o.publisher?.catchUp();
+  }
+
+  private undecided() {
+    return [...this.assembler.openFirstOffsets(), ...this.batcher.pendingGroups.map((g) => g.first)];
+  }
+
+  private takeDrops(): Record<string, string> {
+    const d = this.pendingDrops;
+    this.pendingDrops = {};
+    return d;
+  }
+
+  private count(key: string, n: number): void {
+    this.totals[key] = (this.totals[key] ?? 0) + n;
+  }
+
+  private async deadLetter(rec: LogRecord, topic: string, err: unknown): Promise<void> {
+    this.count('dead_letters', 1);
+    const dl = buildDeadLetter({ value: rec.value, error: err, source: { topic, partition: rec.partition, offset: rec.offset, timestamp: rec.timestamp }, rejectedBy: `trainer:${this.o.runId}` });
+    await this.o.producer.send({ topic: this.o.config.kafka.topics.dead_letter, messages: [{ key: dl.key, value: dl.value, headers: dl.headers }] });
+    this.o.logger.warn({ partition: rec.partition, offset: rec.offset, err: String(err) }, 'undecodable trajectory event sent to the dead-letter topic');
+  }
+}
+
+function round(x: number): number {
+  return Math.round(x * 1e4) / 1e4;
+}

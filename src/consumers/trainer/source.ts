@@ -1,0 +1,147 @@
+/**
+ * Reading the trajectory topic from exact offsets. kafkajs has no manual partition assignment,
+ * so each reader joins a consumer group of its own (a fresh id, nobody else in it): its start
+ * offsets are written into that group with the admin API before it joins, so it starts exactly
+ * where the checkpoint says, with no rebalance against a killed predecessor that the broker
+ * still believes alive. Offsets the run has durably trained are committed separately, to the
+ * run's stable group (`commitRunOffsets`), only after a checkpoint is on disk; that group is
+ * what `kafka-consumer-groups --describe` shows as the trainer's lag.
+ *
+ * Memory is bounded: fetched records wait in a queue of at most `highWater` records; past it the
+ * fetch loop holds (sending heartbeats) until the trainer has taken them.
+ */
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Consumer, Kafka } from 'kafkajs';
+import type { Logger } from '../../util/logger.js';
+
+export interface LogRecord {
+  partition: number;
+  offset: number;
+  /** The Kafka message timestamp (ms). */
+  timestamp: number;
+  value: Buffer | null;
+}
+
+export interface ReaderOptions {
+  topic: string;
+  /** partition → first offset to read; partitions not listed start at their earliest offset. */
+  start: Map<number, number>;
+  groupPrefix: string;
+  highWater?: number;
+  logger: Logger;
+}
+
+export class LogReader {
+  private consumer: Consumer | null = null;
+  private queue: LogRecord[] = [];
+  private wake: (() => void) | null = null;
+  private failed: unknown = null;
+  readonly groupId: string;
+
+  constructor(private readonly kafka: Kafka, private readonly opts: ReaderOptions) {
+    this.groupId = `${opts.groupPrefix}-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+  }
+
+  async open(): Promise<void> {
+    const { topic } = this.opts;
+    const admin = this.kafka.admin();
+    await admin.connect();
+    try {
+      const offsets = await admin.fetchTopicOffsets(topic);
+      const partitions = offsets.map((o) => ({
+        partition: o.partition,
+        offset: String(this.opts.start.get(o.partition) ?? Number(o.low)),
+      }));
+      await admin.setOffsets({ groupId: this.groupId, topic, partitions });
+    } finally {
+      await admin.disconnect();
+    }
+    const highWater = this.opts.highWater ?? 20_000;
+    const consumer = this.kafka.consumer({ groupId: this.groupId, sessionTimeout: 60_000, rebalanceTimeout: 60_000, maxWaitTimeInMs: 200 });
+    this.consumer = consumer;
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+    consumer.on(consumer.events.CRASH, (e) => {
+      this.failed = e.payload.error;
+      this.wake?.();
+    });
+    await consumer.run({
+      autoCommit: false,
+      eachBatch: async ({ batch, heartbeat, isRunning }) => {
+        for (const m of batch.messages) {
+          this.queue.push({ partition: batch.partition, offset: Number(m.offset), timestamp: Number(m.timestamp), value: m.value });
+        }
+        this.wake?.();
+        while (this.queue.length > highWater && isRunning()) {
+          await sleep(20);
+          await heartbeat();
+        }
+      },
+    });
+  }
+
+  /** Records fetched so far (at most `max`), waiting up to `waitMs` when there are none. */
+  async next(waitMs: number, max = 5000): Promise<LogRecord[]> {
+    if (this.failed) throw this.failed;
+    if (this.queue.length === 0 && waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, waitMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = null;
+    }
+    if (this.failed) throw this.failed;
+    return this.queue.length <= max ? this.queue.splice(0) : this.queue.splice(0, max);
+  }
+
+  async close(): Promise<void> {
+    const c = this.consumer;
+    this.consumer = null;
+    if (c) await c.disconnect().catch((err) => this.opts.logger.warn({ err: String(err) }, 'consumer disconnect failed'));
+    // The group was only a vehicle for the start offsets; leave nothing behind.
+    const admin = this.kafka.admin();
+    await admin.connect();
+    await admin.deleteGroups([this.groupId]).catch(() => undefined);
+    await admin.disconnect();
+  }
+}
+
+/** Commits a checkpoint's resume offsets to the run's stable consumer group (for lag monitoring). */
+export async function commitRunOffsets(kafka: Kafka, groupId: string, topic: string, offsets: Map<number, number>): Promise<void> {
+  if (offsets.size === 0) return;
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    await admin.setOffsets({ groupId, topic, partitions: [...offsets].map(([partition, offset]) => ({ partition, offset: String(offset) })) });
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+/** Low and high watermarks of every partition. */
+export async function topicWatermarks(kafka: Kafka, topic: string): Promise<Map<number, { low: number; high: number }>> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    return new Map(offsets.map((o) => [o.partition, { low: Number(o.low), high: Number(o.high) }]));
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+/** First offset of every partition at or after `timestampMs` (the high watermark when none). */
+export async function offsetsAtTime(kafka: Kafka, topic: string, timestampMs: number): Promise<Map<number, number>> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const found = await admin.fetchTopicOffsetsByTimestamp(topic, timestampMs);
+    return new Map(found.map((o) => [o.partition, Number(o.offset)]));
+  } finally {
+    await admin.disconnect();
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * Synthetic trajectory groups for the trainer's tests: valid events (the encoder checks them),
+ * token ids inside the tiny model's vocabulary, behavior logprobs <= 0, rewards that differ
+ * within a group unless a test asks otherwise. Seeded, so a test's log is the same every run.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Kafka } from 'kafkajs';
+import { parseConfig, type TrajstoreConfig } from '../../src/config/index.js';
+import { encodeTrajectoryEvent, newTrajectoryEvent, type EpisodeStatus, type TrajectoryEvent, type TrajectoryEventPayload } from '../../src/schemas/index.js';
+import type { AssembledGroup } from '../../src/consumers/trainer/types.js';
+import { KAFKA_BROKERS } from '../support/services.js';
+
+export function prng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 0x100000000;
+  };
+}
+
+export interface GroupSpec {
+  runId: string;
+  groupId?: string;
+  size?: number;
+  /** Per episode; default: 0, 1, 0, 1, ... (never all equal). */
+  rewards?: number[];
+  statuses?: EpisodeStatus[];
+  policyVersion?: number;
+  /** Leave out GroupCompleted (a producer that died). */
+  incomplete?: boolean;
+  purpose?: 'train' | 'eval';
+  promptLen?: number;
+  completionLen?: number;
+  seed?: number;
+}
+
+/** The events of one group, in the order a producer writes them. */
+export function groupEvents(spec: GroupSpec): TrajectoryEvent[] {
+  const rand = prng(spec.seed ?? 1);
+  const gid = spec.groupId ?? randomUUID();
+  const size = spec.size ?? 2;
+  const version = spec.policyVersion ?? 0;
+  const purpose = spec.purpose ?? 'train';
+  const base = { run_id: spec.runId, group_id: gid, producer_id: 'test-producer', policy_version: version, purpose } as const;
+  const ev = (payload: TrajectoryEventPayload, episode_id: string | null, seq: number) =>
+    newTrajectoryEvent({ ...base, episode_id, seq, payload });
+  const out: TrajectoryEvent[] = [
+    ev({ GroupStarted: { task: { task_id: `task-${gid.slice(0, 8)}`, task_family: 'test', environment: 'text', params_json: '{}', split: 'train' }, group_size: size,
+      sampling: { temperature: 1, top_p: 1, top_k: null, max_tokens: 8, extra_json: null } } }, null, 0),
+  ];
+  const ids: string[] = [];
+  const prompt = Array.from({ length: spec.promptLen ?? 6 }, () => 3 + Math.floor(rand() * 120));
+  for (let i = 0; i < size; i++) {
+    const eid = randomUUID();
+    ids.push(eid);
+    const completion = Array.from({ length: spec.completionLen ?? 4 }, () => 3 + Math.floor(rand() * 120));
+    out.push(ev({ EpisodeStarted: { episode_index: i, env_seed: i, env_instance_id: null } }, eid, 0));
+    out.push(ev({ Turn: { turn_index: 0, model: 'tiny', prompt_token_ids: prompt, completion_token_ids: completion,
+      completion_logprobs: completion.map(() => -Math.fround(1 + rand() * 4)), token_policy_versions: null, prompt_format: 'text', prompt: 'p', completion_text: 'c',
+      action: null, action_parse_error: null, observation: null, latency_ms: 1, env_latency_ms: null, finish_reason: 'length', request_id: null } }, eid, 1));
+    out.push(ev({ Reward: { value: spec.rewards?.[i] ?? i % 2, components: {}, source: 'env', turn_index: null } }, eid, 2));
+    out.push(ev({ EpisodeFinished: { status: spec.statuses?.[i] ?? 'success', num_turns: 1, prompt_tokens: prompt.length, completion_tokens: completion.length,
+      duration_ms: 1, error_code: null, error_message: null, final_observation: null } }, eid, 3));
+  }
+  if (!spec.incomplete) out.push(ev({ GroupCompleted: { status: 'complete', episode_ids: ids, duration_ms: 5 } }, null, 1));
+  return out;
+}
+
+/** Writes groups' events to a topic keyed by group id; groups interleave when `interleave` (as concurrent producers do). */
+export async function produceGroups(kafka: Kafka, topic: string, groups: TrajectoryEvent[][], interleave = false): Promise<void> {
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  try {
+    const order: TrajectoryEvent[] = [];
+    if (interleave) {
+      const cursors = groups.map(() => 0);
+      let left = groups.reduce((n, g) => n + g.length, 0);
+      let i = 0;
+      while (left > 0) {
+        const g = i % groups.length;
+        if (cursors[g]! < groups[g]!.length) {
+          order.push(groups[g]![cursors[g]!++]!);
+          left--;
+        }
+        i += g % 3 === 0 ? 1 : 2; // an uneven stride: groups overlap in varied ways
+      }
+    } else for (const g of groups) order.push(...g);
+    for (let i = 0; i < order.length; i += 500) {
+      await producer.send({ topic, messages: order.slice(i, i + 500).map((e) => ({ key: e.group_id, value: encodeTrajectoryEvent(e) })) });
+    }
+  } finally {
+    await producer.disconnect();
+  }
+}
+
+/** Folds a group's events into the assembler's shape without Kafka (pure unit tests). */
+export function positions(events: TrajectoryEvent[], partition = 0, start = 0): Array<{ event: TrajectoryEvent; pos: { partition: number; offset: number } }> {
+  return events.map((event, i) => ({ event, pos: { partition, offset: start + i } }));
+}
+
+export type { AssembledGroup };
+
+/** A config for a test run: tiny model, its own topics and directories. */
+export function testConfig(opts: { runId: string; topic: string; dir: string; modelDir: string; apiBases?: string[] }): TrajstoreConfig {
+  const yaml = `
+run: { id: ${opts.runId}, seed: 0 }
+model: { name: tiny, path: ${opts.modelDir}, max_seq_length: 256, dtype: float32 }
+lora: { r: 4, alpha: 8, dropout: 0.0 }
+training:
+  learning_rate: 1.0e-2
+  batch_size: 2
+  max_tokens_per_microbatch: 4096
+  max_steps: 1000
+  max_staleness: 2
+  publish_every_steps: 1000
+  group_timeout_s: 5
+  output_dir: ${opts.dir}/out
+checkpoint: { dir: ${opts.dir}/checkpoints, save_every_steps: 1, keep_last: 2 }
+inference: { backend: cpu, api_bases: [${(opts.apiBases ?? ['http://127.0.0.1:9/v1']).join(', ')}], request_timeout_s: 10, max_loaded_adapters: 2 }
+kafka:
+  brokers: [${KAFKA_BROKERS.join(', ')}]
+  topics: { trajectories: ${opts.topic}, policy_versions: ${opts.topic}.versions, trainer_metrics: ${opts.topic}.metrics, dead_letter: ${opts.topic}.dlq }
+  partitions: 3
+storage: { adapters: ${opts.dir}/adapters }
+`;
+  return parseConfig(yaml, 'test', {});
+}
