@@ -3,6 +3,9 @@ import { TrajstoreError } from '../util/errors.js';
 import { registerConfigCommand } from './commands/config.js';
 import { registerSchemasCommand } from './commands/schemas.js';
 import { registerServicesCommand } from './commands/services.js';
+import { registerSinkCommand } from './commands/sink.js';
+import { registerSqlCommand } from './commands/sql.js';
+import { registerReportCommand } from './commands/report.js';
 import { registerTopicsCommand } from './commands/topics.js';
 import { registerTrainCommand } from './commands/train.js';
 
@@ -16,6 +19,9 @@ export function buildProgram(): Command {
   registerConfigCommand(program);
   registerTopicsCommand(program);
   registerSchemasCommand(program);
+  registerSinkCommand(program);
+  registerSqlCommand(program);
+  registerReportCommand(program);
   registerTrainCommand(program);
   return program;
 }
