@@ -73,22 +73,31 @@ def _varlen(query, key, value, kwargs, scaling):
     q = query[0].transpose(0, 1).contiguous()
     k = key[0].transpose(0, 1).contiguous()
     v = value[0].transpose(0, 1).contiguous()
-    global _varlen_gqa_native
-    if k.shape[1] != q.shape[1] and _varlen_gqa_native is not False:
-        try:
-            out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0))
-            _varlen_gqa_native = True
-            return out.unsqueeze(0)
-        except RuntimeError:
-            if _varlen_gqa_native:
-                raise
-            _varlen_gqa_native = False  # this kernel wants as many k/v heads as q heads
-    if k.shape[1] != q.shape[1]:
+    if k.shape[1] != q.shape[1] and not _varlen_gqa_native:
         n_rep = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
     out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0))
     return out.unsqueeze(0)
+
+
+def probe_varlen_gqa(device: torch.device) -> bool:
+    """Find out once, eagerly, whether varlen_attn takes fewer k/v heads than q heads (saves
+    repeating k/v per step). Done outside any torch.compile'd region: a try/except around a
+    kernel call inside a compiled layer would break its graph."""
+    global _varlen_gqa_native
+    if _varlen_gqa_native is None and device.type == "cuda" and varlen_available():
+        from torch.nn.attention.varlen import varlen_attn
+
+        q = torch.randn(8, 4, 64, device=device, dtype=torch.bfloat16)
+        kv = torch.randn(8, 2, 64, device=device, dtype=torch.bfloat16)
+        cu = torch.tensor([0, 8], device=device, dtype=torch.int32)
+        try:
+            varlen_attn(q, kv, kv, cu, cu, 8, 8, window_size=(-1, 0))
+            _varlen_gqa_native = True
+        except RuntimeError:
+            _varlen_gqa_native = False
+    return bool(_varlen_gqa_native)
 
 
 def _loop(query, key, value, seq_lens, scaling):

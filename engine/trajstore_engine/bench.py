@@ -195,32 +195,46 @@ def run_bench(args) -> int:
     say(f"== model built in {time.perf_counter() - t0:.1f}s: {engine.describe()} params={n_params / 1e9:.2f}B")
 
     tmp = os.environ.get("TMPDIR", "/tmp")
-    # Under FSDP the batch is world_size groups (the same per-GPU batch); every rank reads it all
-    # and trains its share. One file per rank, same content.
-    batch = make_group(n_seq * dist.world_size, mean_len, shape["vocab_size"], seed=1)
-    path = os.path.join(tmp, f"bench-group-{dist.rank}.safetensors")
-    write_batch(path, batch)
-    # behavior logprobs near the engine's own (as after a real rollout), plus sampling noise
-    lp = engine.compute_logprobs(path, None)["logprobs"]
-    noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(2)) * 0.05
-    batch.behavior_logprobs = torch.where(batch.loss_mask, (lp + noise).clamp(max=0), torch.zeros_like(lp))
-    write_batch(path, batch)
-    seq_lens = batch.seq_lens
-    tokens = batch.num_tokens
-    trained = int(batch.loss_mask.sum())
-    flops = model_flops_per_step(shape, seq_lens, trained)
-    say(f"== batch: {batch.num_sequences} trajectories, {tokens} tokens, {trained} trained; model FLOPs/step {flops / 1e12:.1f} T")
+    reps = 1 if quick else args.reps
+    wanted = [v for v in args.variants.split(",") if v] if args.variants else (
+        ["loop_eager", "varlen_eager", "varlen_kernels", "varlen_layers", "varlen_layers_mb8k",
+         "varlen_layers_ckpt"] if not dist.enabled else ["varlen_layers"])
+
+    def group_file(seed: int) -> dict:
+        """A group written to a batch file, behavior logprobs near the engine's own (as after a real
+        rollout) plus sampling noise. Under FSDP the batch is world_size groups (the same per-GPU
+        batch); every rank reads it all and trains its share. One file per rank, same content."""
+        batch = make_group(n_seq * dist.world_size, mean_len, shape["vocab_size"], seed=seed)
+        path = os.path.join(tmp, f"bench-group-{seed}-{dist.rank}.safetensors")
+        write_batch(path, batch)
+        lp = engine.compute_logprobs(path, None)["logprobs"]
+        noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(seed)) * 0.05
+        batch.behavior_logprobs = torch.where(batch.loss_mask, (lp + noise).clamp(max=0), torch.zeros_like(lp))
+        write_batch(path, batch)
+        trained = int(batch.loss_mask.sum())
+        return {"path": path, "batch": batch, "tokens": batch.num_tokens, "trained": trained,
+                "flops": model_flops_per_step(shape, batch.seq_lens, trained)}
+
+    # Every timed step of every variant trains on a batch it has not seen (other lengths, other
+    # tokens), as in real training: a compiled variant that recompiles for new shapes pays for it
+    # inside the timing instead of hiding behind a repeated batch. Made before any timing, eagerly.
+    first = group_file(1)
+    batch, path = first["batch"], first["path"]
+    pools = {name: [group_file(100 * (i + 1) + k) for k in range(1 + reps)] for i, name in enumerate(wanted)}
+    say(f"== batch: {batch.num_sequences} trajectories, {first['tokens']} tokens, {first['trained']} trained; "
+        f"model FLOPs/step {first['flops'] / 1e12:.1f} T; {sum(map(len, pools.values()))} fresh batches for the variants")
     rows = []
 
-    def record(name, times, extra=None):
-        med = sorted(times)[len(times) // 2]
-        tps = tokens / med
+    def record(name, times, groups, extra=None):
+        total_t = sum(times)
+        tps = sum(g["tokens"] for g in groups) / total_t
         mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-        mfu = flops / med / (peak * 1e12 * dist.world_size) if peak == peak else float("nan")
-        row = {"name": name, "step_s": round(med, 4), "tokens_per_s": round(tps), "peak_gib": round(mem, 2),
-               "mfu": round(mfu, 4), **(extra or {})}
+        flops = sum(g["flops"] for g in groups)
+        mfu = flops / total_t / (peak * 1e12 * dist.world_size) if peak == peak else float("nan")
+        row = {"name": name, "step_s": round(total_t / len(times), 4), "step_s_all": [round(t, 4) for t in times],
+               "tokens_per_s": round(tps), "peak_gib": round(mem, 2), "mfu": round(mfu, 4), **(extra or {})}
         rows.append(row)
-        say(f"   {name:28s} {med:8.3f} s/step {tps:10.0f} tok/s  peak {mem:6.2f} GiB  MFU {mfu:6.1%}")
+        say(f"   {name:28s} {total_t / len(times):8.3f} s/step {tps:10.0f} tok/s  peak {mem:6.2f} GiB  MFU {mfu:6.1%}")
         return row
 
     def reset_mem():
@@ -228,15 +242,15 @@ def run_bench(args) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
 
-    reps = 1 if quick else args.reps
     if not args.skip_naive and not dist.enabled:
         say("== naive loop (one trajectory at a time, full fp32 logits)")
         reset_mem()
-        record("naive", timed(lambda: naive_step(engine, batch, device), 1, max(1, reps - 1), device))
+        record("naive", timed(lambda: naive_step(engine, batch, device), 1, max(1, reps - 1), device),
+               [first] * max(1, reps - 1))
 
     tc = engine.cfg.training
 
-    def variant(name, *, attn="auto", comp="layers", mbt=args.micro_batch_tokens, ckpt="auto", chunk=None):
+    def variant(name, pool, *, attn="auto", comp="layers", mbt=args.micro_batch_tokens, ckpt="auto", chunk=None):
         attention.set_backend(attn)
         engine.apply_compile(comp)
         tc.micro_batch_tokens, tc.gradient_checkpointing = mbt, ckpt
@@ -245,15 +259,19 @@ def run_bench(args) -> int:
         say(f"== {name}: attention={attn} compile={comp} micro_batch_tokens={mbt} checkpointing={ckpt} "
             f"logprob_chunk={tc.logprob_chunk_tokens}")
         last = {}
+        todo = iter(pool)
 
         def step():
-            last.update(engine.train_step(path)["metrics"])
+            last.update(engine.train_step(next(todo)["path"])["metrics"])
 
         t_first = time.perf_counter()
         step()  # warm-up (compiles, if any)
-        first = time.perf_counter() - t_first
-        row = record(name, timed(step, 0, reps, device), {"micro_batches": last.get("micro_batches"),
-                                                          "first_step_s": round(first, 2)})
+        first_s = time.perf_counter() - t_first
+        graphs_before = _compiled_graphs()
+        times = timed(step, 0, len(pool) - 1, device)
+        row = record(name, times, pool[1:], {"micro_batches": last.get("micro_batches"),
+                                             "first_step_s": round(first_s, 2),
+                                             "graphs_compiled_while_timed": _compiled_graphs() - graphs_before})
         row["metrics"] = {k: last[k] for k in ("loss", "clip_fraction", "grad_norm", "mismatch_abs_mean",
                                                "importance_weight_max", "peak_memory_gib") if k in last}
         row["stages"] = {k: round(v, 4) for k, v in last.items() if k.startswith(("time_", "cpu_"))}
@@ -262,9 +280,6 @@ def run_bench(args) -> int:
         return row
 
     default_chunk = tc.logprob_chunk_tokens
-    wanted = [v for v in args.variants.split(",") if v] if args.variants else (
-        ["loop_eager", "varlen_eager", "varlen_kernels", "varlen_layers", "varlen_layers_mb8k",
-         "varlen_layers_ckpt"] if not dist.enabled else ["varlen_layers"])
     specs = {
         "loop_eager": dict(attn="loop", comp="none"),
         "varlen_eager": dict(attn="varlen" if not quick else "loop", comp="none"),
@@ -280,7 +295,7 @@ def run_bench(args) -> int:
             spec["comp"] = "none" if spec.get("comp") == "layers" else spec.get("comp", "none")
     for name in wanted:
         try:
-            variant(f"engine_{name}", **specs[name])
+            variant(f"engine_{name}", pools[name], **specs[name])
         except Exception as exc:  # noqa: BLE001 - report and go on to the next variant
             say(f"   engine_{name} FAILED: {type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}")
             rows.append({"name": f"engine_{name}", "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
@@ -344,6 +359,13 @@ def run_bench(args) -> int:
             f.write(json.dumps(_no_nan(result), indent=2) + "\n")
     dist.close()
     return 0
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has built so far in this process (0 when it never ran)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def profile_step(engine, path: str) -> None:

@@ -47,6 +47,7 @@ class Engine:
         self.device = resolve_device(cfg.model.device) if not self.dist.enabled else self.dist.device
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         attention.set_backend(cfg.training.attention)
+        attention.probe_varlen_gqa(self.device)
         torch.manual_seed(cfg.seed)
 
         if model is None:
