@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { TrajstoreError } from '../util/errors.js';
 import { registerConfigCommand } from './commands/config.js';
+import { registerRolloutCommand } from './commands/rollout.js';
 import { registerSchemasCommand } from './commands/schemas.js';
 import { registerServicesCommand } from './commands/services.js';
 import { registerSinkCommand } from './commands/sink.js';
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerConfigCommand(program);
   registerTopicsCommand(program);
   registerSchemasCommand(program);
+  registerRolloutCommand(program);
   registerSinkCommand(program);
   registerSqlCommand(program);
   registerReportCommand(program);

@@ -3,6 +3,7 @@
  * one CPU policy server per test file.
  */
 import type { Kafka } from 'kafkajs';
+import { TrajstoreConfigSchema, type TrajstoreConfig, type TrajstoreConfigInput } from '../../src/config/index.js';
 import { decodeTrajectoryEvent, payloadKind, type TrajectoryEvent } from '../../src/schemas/index.js';
 import { uniqueName } from '../support/services.js';
 
@@ -81,4 +82,16 @@ export function groupProblems(list: ReadEvent[]): string[] {
     for (const id of episodes.keys()) if (id !== '(group)' && !ids.has(id)) problems.push(`${id} missing from GroupCompleted`);
   }
   return problems;
+}
+
+/** A config for tests: tiny model, small groups, pacing off unless asked, the given topics and server. */
+export function testConfig(over: { topics: Record<string, string>; apiBase: string; rollout?: TrajstoreConfigInput['rollout']; inference?: TrajstoreConfigInput['inference']; training?: TrajstoreConfigInput['training']; runId?: string }): TrajstoreConfig {
+  return TrajstoreConfigSchema.parse({
+    run: { id: over.runId ?? uniqueName('run'), seed: 7 },
+    model: { name: 'tiny' },
+    training: { batch_size: 2, max_staleness: 1, ...over.training },
+    rollout: { environment: 'text', num_rollouts: 3, max_turns: 3, concurrency: 3, max_tokens: 4, staleness_pacing: false, episode_timeout_s: 60, env_options: { families: ['copy_digit', 'guess'] }, ...over.rollout },
+    inference: { backend: 'cpu', api_bases: [over.apiBase], request_timeout_s: 30, max_retries: 1, ...over.inference },
+    kafka: { topics: over.topics },
+  });
 }

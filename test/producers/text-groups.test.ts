@@ -8,7 +8,6 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { TrajstoreConfigSchema, type TrajstoreConfig, type TrajstoreConfigInput } from '../../src/config/index.js';
 import { makeTestAdapter, startCpuPolicyServer, type CpuPolicyServer } from '../../src/inference/cpu-policy-server.js';
 import { policyApi, type ChatCompletionResponse } from '../../src/inference/vllm-api.js';
 import { TextTasks, textEnvOptions } from '../../src/producers/envs/text.js';
@@ -16,20 +15,9 @@ import { RolloutWorker } from '../../src/producers/rollout.js';
 import { encodePolicyVersion, payloadAs } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
 import { testKafka, testTopic, uniqueName } from '../support/services.js';
-import { byGroup, countKind, groupProblems, readTopic } from './helpers.js';
+import { byGroup, countKind, groupProblems, readTopic, testConfig } from './helpers.js';
 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
-
-export function testConfig(over: { topics: Record<string, string>; apiBase: string; rollout?: TrajstoreConfigInput['rollout']; inference?: TrajstoreConfigInput['inference']; training?: TrajstoreConfigInput['training']; runId?: string }): TrajstoreConfig {
-  return TrajstoreConfigSchema.parse({
-    run: { id: over.runId ?? uniqueName('run'), seed: 7 },
-    model: { name: 'tiny' },
-    training: { batch_size: 2, max_staleness: 1, ...over.training },
-    rollout: { environment: 'text', num_rollouts: 3, max_turns: 3, concurrency: 3, max_tokens: 4, staleness_pacing: false, episode_timeout_s: 60, env_options: { families: ['copy_digit', 'guess'] }, ...over.rollout },
-    inference: { backend: 'cpu', api_bases: [over.apiBase], request_timeout_s: 30, max_retries: 1, ...over.inference },
-    kafka: { topics: over.topics },
-  });
-}
 
 describe('text-task groups', () => {
   let server: CpuPolicyServer;

@@ -1,0 +1,62 @@
+import type { Command } from 'commander';
+import { loadConfig } from '../../config/index.js';
+import { createKafka, ensureTopics } from '../../kafka/client.js';
+import { topicSpecs } from '../../kafka/topics.js';
+import { createEnvironments } from '../../producers/envs/index.js';
+import { formatProgress, RolloutWorker } from '../../producers/rollout.js';
+import { createLogger } from '../../util/logger.js';
+
+interface RolloutFlags {
+  config: string;
+  groups?: string;
+  graceS: string;
+  taskOffset?: string;
+  progressS: string;
+}
+
+/**
+ * `trajstore rollout -c FILE`: a rollout producer. Runs until `--groups` train groups are done
+ * or SIGTERM/SIGINT: then it starts no new group, lets running episodes finish for `--grace-s`,
+ * marks the rest interrupted, flushes every event to Kafka and exits 0.
+ */
+export function registerRolloutCommand(program: Command): void {
+  program
+    .command('rollout')
+    .description('run agents against the configured environment and write every turn to Kafka')
+    .requiredOption('-c, --config <file>', 'YAML config')
+    .option('--groups <n>', 'stop after this many train groups (default: until SIGTERM)')
+    .option('--grace-s <seconds>', 'on SIGTERM, time running episodes get to finish before they are interrupted', '30')
+    .option('--task-offset <n>', 'index of the first train task (tasks are seeded by run.seed and their index)')
+    .option('--progress-s <seconds>', 'seconds between progress lines on stderr', '5')
+    .action(async (flags: RolloutFlags) => {
+      const config = loadConfig(flags.config);
+      const logger = createLogger('rollout');
+      const kafka = createKafka({ brokers: config.kafka.brokers, clientId: `${config.kafka.client_id}-rollout` }, logger);
+      await ensureTopics(kafka, topicSpecs(config));
+      const environments = await createEnvironments(config, logger);
+      const worker = new RolloutWorker({
+        config, kafka, environments, logger,
+        maxGroups: flags.groups === undefined ? undefined : positive(flags.groups, '--groups'),
+        graceMs: Number(flags.graceS) * 1000,
+        taskOffset: flags.taskOffset === undefined ? undefined : Number(flags.taskOffset),
+        progressEveryMs: Number(flags.progressS) * 1000,
+        onProgress: (p) => process.stderr.write(`${formatProgress(p)}\n`),
+      });
+      const onSignal = (signal: NodeJS.Signals) => worker.stop(signal);
+      process.on('SIGTERM', onSignal);
+      process.on('SIGINT', onSignal);
+      try {
+        await worker.run();
+      } finally {
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
+        await environments.close();
+      }
+    });
+}
+
+function positive(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got ${text}`);
+  return n;
+}

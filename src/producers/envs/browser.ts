@@ -1,0 +1,211 @@
+/**
+ * The browser computer-use environment: playwright-core driving Debian's `chromium` on the task
+ * pages in ../tasks/browser-pages.ts. One browser process per producer; each episode gets its own
+ * browser context (cookies, storage and page state are not shared between episodes).
+ *
+ * Observation: a PNG screenshot of the viewport, stored by content hash in the blob store and
+ * cited from the Turn event, plus the page's text (instruction and visible elements with the
+ * centre coordinates a click needs). Actions: click / type / key / scroll / done (../actions.ts);
+ * a malformed reply is not executed and the model is told what was wrong. The episode ends when
+ * the page reaches an end state (it says so in `window.__ts.finished`) or on done(); the reward
+ * is the page's own check.
+ */
+import { existsSync } from 'node:fs';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { BlobStore } from '../../storage/blob-store.js';
+import type { Logger } from '../../util/logger.js';
+import { ACTION_HELP, actionRecord, MalformedActionError, parseAction, type ComputerAction } from '../actions.js';
+import type { Environment, EnvironmentFactory, Observation, ResetResult, RewardResult, Split, StepResult, TaskSpec } from '../environment.js';
+import { ProducerError } from '../errors.js';
+import { hashSeed } from '../random.js';
+import { BROWSER_FAMILIES, browserTaskParams, DESCRIBE_PAGE, renderTaskPage, VIEWPORT, type BrowserFamily, type BrowserTaskParams } from '../tasks/browser-pages.js';
+
+export interface BrowserEnvOptions {
+  families: BrowserFamily[];
+  /** The browser binary; default: CHROMIUM_PATH, else Debian's /usr/bin/chromium. */
+  executable: string;
+  /** Milliseconds an action may take in the page. */
+  actionTimeoutMs: number;
+}
+
+const CANDIDATES = ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
+
+export function browserEnvOptions(raw: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): BrowserEnvOptions {
+  const families = (raw.families ?? [...BROWSER_FAMILIES]) as unknown;
+  if (!Array.isArray(families) || families.length === 0 || !families.every((f) => (BROWSER_FAMILIES as readonly string[]).includes(f))) {
+    throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.families must be a non-empty list of ${BROWSER_FAMILIES.join(', ')}`);
+  }
+  for (const key of Object.keys(raw)) {
+    if (!['families', 'executable', 'action_timeout_ms'].includes(key)) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: 'browser options: families, executable, action_timeout_ms' });
+    }
+  }
+  const executable = (raw.executable as string | undefined) ?? env.CHROMIUM_PATH ?? CANDIDATES.find((c) => existsSync(c)) ?? CANDIDATES[0]!;
+  return { families: families as BrowserFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000) };
+}
+
+export class BrowserTasks implements EnvironmentFactory {
+  readonly name = 'browser';
+
+  private constructor(
+    private readonly seed: number,
+    private readonly options: BrowserEnvOptions,
+    private readonly browser: Browser,
+    private readonly blobs: BlobStore,
+    private readonly logger?: Logger,
+  ) {}
+
+  /** Starts the browser; refuses with what to install when it is missing. */
+  static async launch(seed: number, options: BrowserEnvOptions, blobs: BlobStore, logger?: Logger): Promise<BrowserTasks> {
+    if (!existsSync(options.executable)) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `no browser at ${options.executable}`, {
+        hint: 'install Debian\'s chromium (`apt-get install -y chromium`), or set CHROMIUM_PATH / rollout.env_options.executable',
+      });
+    }
+    try {
+      const browser = await chromium.launch({
+        executablePath: options.executable,
+        headless: true,
+        // Root (containers, CI) cannot use Chromium's sandbox; the pages are our own.
+        chromiumSandbox: false,
+        args: ['--disable-dev-shm-usage', '--disable-gpu', '--font-render-hinting=none'],
+      });
+      return new BrowserTasks(seed, options, browser, blobs, logger);
+    } catch (err) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `chromium did not start: ${(err as Error).message.split('\n')[0]}`, {
+        cause: err,
+        hint: `run ${options.executable} --headless --no-sandbox --dump-dom about:blank by hand to see why`,
+      });
+    }
+  }
+
+  task(split: Split, index: number): TaskSpec {
+    const seed = hashSeed(this.seed, 'browser', split, index);
+    const family = this.options.families[seed % this.options.families.length]!;
+    const params = browserTaskParams(family, seed);
+    return { id: `browser.${family}:${split}:${this.seed}:${index}`, family: `browser.${family}`, environment: 'browser', split, params: params as unknown as Record<string, unknown> };
+  }
+
+  async create(): Promise<Environment> {
+    return new BrowserEnvironment(this.browser, this.blobs, this.options, this.logger);
+  }
+
+  async close(): Promise<void> {
+    await this.browser.close();
+  }
+}
+
+const SYSTEM = `You operate a web page. Each turn you see the page: the task, then every visible element with the centre of its box.
+${ACTION_HELP}`;
+
+export class BrowserEnvironment implements Environment {
+  private context: BrowserContext | undefined;
+  private page: Page | undefined;
+  private params: BrowserTaskParams | undefined;
+  private declaredDone = false;
+
+  constructor(private readonly browser: Browser, private readonly blobs: BlobStore, private readonly options: BrowserEnvOptions, private readonly logger?: Logger) {}
+
+  async reset(task: TaskSpec): Promise<ResetResult> {
+    await this.close();
+    this.params = task.params as unknown as BrowserTaskParams;
+    this.declaredDone = false;
+    try {
+      this.context = await this.browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
+      this.page = await this.context.newPage();
+      this.page.setDefaultTimeout(this.options.actionTimeoutMs);
+      await this.page.setContent(renderTaskPage(this.params), { waitUntil: 'load' });
+    } catch (err) {
+      throw envError('could not open the task page', err);
+    }
+    return { system: SYSTEM, observation: await this.observe(), instanceId: `context-${this.params.family}-${this.params.layoutSeed}` };
+  }
+
+  async step(reply: string): Promise<StepResult> {
+    let action: ComputerAction;
+    try {
+      action = parseAction(reply);
+    } catch (err) {
+      if (!(err instanceof MalformedActionError)) throw err;
+      // Not executed; the model sees the error and the unchanged page.
+      return { action: null, parseError: err.message, observation: await this.observe(), done: false };
+    }
+    await this.execute(action);
+    const finished = action.type === 'done' || (await this.pageFinished());
+    return { action: actionRecord(action), parseError: null, observation: await this.observe(), done: finished };
+  }
+
+  async reward(): Promise<RewardResult> {
+    const page = this.requirePage();
+    try {
+      const result = (await page.evaluate('window.__ts.check()')) as { success: boolean; detail: string };
+      return { value: result.success ? 1 : 0, components: { success: result.success ? 1 : 0 }, success: result.success, source: `page:${this.params!.family}` };
+    } catch (err) {
+      throw envError('the page could not judge the episode', err);
+    }
+  }
+
+  async close(): Promise<void> {
+    const context = this.context;
+    this.context = this.page = undefined;
+    await context?.close().catch((err: unknown) => this.logger?.warn({ err: (err as Error).message }, 'closing a browser context failed'));
+  }
+
+  private requirePage(): Page {
+    if (!this.page) throw new ProducerError('TRAJ_E_ENV', 'the browser environment was used before reset()');
+    return this.page;
+  }
+
+  private async execute(action: ComputerAction): Promise<void> {
+    const page = this.requirePage();
+    try {
+      switch (action.type) {
+        case 'click':
+          await page.mouse.click(action.x, action.y);
+          break;
+        case 'type':
+          await page.keyboard.type(action.text);
+          break;
+        case 'key':
+          await page.keyboard.press(action.key);
+          break;
+        case 'scroll':
+          await page.mouse.wheel(0, action.dy);
+          break;
+        case 'done':
+          this.declaredDone = true;
+          break;
+      }
+    } catch (err) {
+      // An unknown key name is the model's mistake; anything else is the browser's.
+      if (action.type === 'key' && /Unknown key/i.test((err as Error).message)) {
+        throw new MalformedActionError(`key(...): ${JSON.stringify(action.key)} is not a key playwright knows (e.g. "Enter", "Tab", "Control+A")`);
+      }
+      throw envError(`the ${action.type} action failed`, err);
+    }
+  }
+
+  private async pageFinished(): Promise<boolean> {
+    return Boolean(await this.requirePage().evaluate('window.__ts.finished'));
+  }
+
+  private async observe(): Promise<Observation> {
+    const page = this.requirePage();
+    try {
+      const [png, text] = await Promise.all([page.screenshot({ type: 'png' }), page.evaluate(DESCRIBE_PAGE) as Promise<string>]);
+      const stored = await this.blobs.put(png, 'image/png');
+      return { text: this.declaredDone ? `${text}\n(you declared the task done)` : text, image: { ...stored, width: VIEWPORT.width, height: VIEWPORT.height } };
+    } catch (err) {
+      if (err instanceof ProducerError) throw err;
+      throw envError('could not observe the page', err);
+    }
+  }
+}
+
+function envError(what: string, err: unknown): ProducerError {
+  return new ProducerError('TRAJ_E_ENV', `browser: ${what}: ${(err as Error).message.split('\n')[0]}`, {
+    cause: err,
+    retriable: true,
+    hint: 'the browser may have crashed or be out of memory; the next episode starts a fresh context',
+  });
+}
