@@ -2,8 +2,8 @@
 # On a GPU host (a python with torch, transformers, peft and safetensors; no venv, no network):
 # the engine's GPU tests, then the benchmark. Results (logs, RESULT json) go to $OUT.
 #
-#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh single   # one GPU: GPU tests + Qwen3-1.7B-shape bench
-#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh fsdp     # two GPUs: Qwen3-8B-shape, 1 GPU then FSDP on 2
+#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh single   # GPU tests + Qwen3-1.7B-shape bench (one GPU)
+#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh fsdp     # GPU tests + Qwen3-8B-shape: 1 GPU, then FSDP on 2
 #
 # Each part has its own time limit, so one that hangs still leaves the others' results.
 set -uo pipefail
@@ -20,15 +20,17 @@ py="${PYTHON:-python3}"
   "$py" -c 'import torch, transformers, peft, safetensors, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "safetensors", safetensors.__version__, "gpus", torch.cuda.device_count())'
 } 2>&1 | tee "$OUT/env.txt"
 
+# The GPU tests (test_gpu.py alone: the policy server's tests need fastapi, which GPU hosts lack).
+(cd engine && timeout 150 "$py" -m pytest tests/test_gpu.py -q -p no:cacheprovider -rA) 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+
 case "${1:-single}" in
   single)
-    (cd engine && timeout 240 "$py" -m pytest tests -m gpu -q -p no:cacheprovider -rA) 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
     timeout 420 "$py" -m trajstore_engine bench --profile --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -40
     ;;
   fsdp)
-    timeout 240 "$py" -m trajstore_engine bench --model 8b --variants varlen_layers --skip-naive --skip-long \
+    timeout 170 "$py" -m trajstore_engine bench --model 8b --variants varlen_layers --skip-naive --skip-long \
       --out "$OUT/bench_8b_1gpu.json" 2>&1 | tee "$OUT/bench_8b_1gpu.log" | tail -8
-    timeout 330 "$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m trajstore_engine bench \
+    timeout 260 "$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m trajstore_engine bench \
       --model 8b --variants varlen_layers --skip-long --out "$OUT/bench_8b_2gpu.json" 2>&1 | tee "$OUT/bench_8b_2gpu.log" | tail -12
     ;;
   *) echo "usage: gpu-bench.sh single|fsdp" >&2; exit 2 ;;
