@@ -110,14 +110,18 @@ export class GroupRunner {
     let reward: RewardResult | null = null;
     let failure: { code: string; message: string } | null = null;
 
-    const env = await o.environments.create().catch((err: unknown) => err as Error);
+    // Every episode of a group gets EpisodeStarted and EpisodeFinished, even one that never ran
+    // (interrupted while queued, or its environment failed to start).
+    let startEmitted = false;
+    const emitStart = async (instanceId: string | null) => {
+      startEmitted = true;
+      await emit({ EpisodeStarted: { episode_index: index, env_seed: envSeed, env_instance_id: instanceId } });
+    };
+    const env = signal.aborted ? new Interrupted('not started') : await o.environments.create().catch((err: unknown) => err as Error);
     try {
-      if (env instanceof Error) {
-        await emit({ EpisodeStarted: { episode_index: index, env_seed: envSeed, env_instance_id: null } });
-        throw env;
-      }
+      if (env instanceof Error) throw env;
       const reset = await race(env.reset(task, envSeed), signal);
-      await emit({ EpisodeStarted: { episode_index: index, env_seed: envSeed, env_instance_id: reset.instanceId ?? null } });
+      await emitStart(reset.instanceId ?? null);
       const messages: ChatMessage[] = [{ role: 'system', content: reset.system }, { role: 'user', content: reset.observation.text }];
       let observation = reset.observation;
       let shownUpTo = 0; // messages already stored in an earlier Turn
@@ -178,6 +182,7 @@ export class GroupRunner {
     } finally {
       if (!(env instanceof Error)) await env.close().catch((err: unknown) => o.logger?.warn({ err: (err as Error).message }, 'closing the environment failed'));
     }
+    if (!startEmitted) await emitStart(null);
     if (reward && status !== 'error' && status !== 'interrupted') {
       await emit({ Reward: { value: reward.value, components: reward.components, source: reward.source, turn_index: null } });
     }
