@@ -25,9 +25,10 @@ FROM ${db}.episode_summary WHERE run_id = ${run} GROUP BY policy_version ORDER B
     by_task: `SELECT task_family, task_id, count() AS episodes, round(avg(reward), 4) AS reward_mean,
   round(countIf(status = 'success') / count(), 4) AS success_rate, min(policy_version) AS first_version, max(policy_version) AS last_version
 FROM ${db}.episode_summary WHERE run_id = ${run} GROUP BY task_family, task_id ORDER BY episodes DESC, task_family, task_id LIMIT 50`,
-    staleness: `SELECT versions_behind, sum(groups) AS groups, sum(tokens) AS tokens
-FROM ${db}.trainer_steps ARRAY JOIN staleness_versions_behind AS versions_behind, staleness_groups AS groups, staleness_tokens AS tokens
-WHERE run_id = ${run} GROUP BY versions_behind ORDER BY versions_behind`,
+    staleness: `SELECT bucket_versions_behind AS versions_behind, sum(bucket_groups) AS groups, sum(bucket_tokens) AS tokens
+FROM ${db}.trainer_steps
+ARRAY JOIN staleness_versions_behind AS bucket_versions_behind, staleness_groups AS bucket_groups, staleness_tokens AS bucket_tokens
+WHERE run_id = ${run} GROUP BY bucket_versions_behind ORDER BY bucket_versions_behind`,
     throughput: `SELECT toStartOfMinute(toDateTime(intDiv(timestamp_ms, 1000))) AS minute, count() AS events,
   countIf(kind = 'Turn') AS turns, countIf(kind = 'EpisodeFinished') AS episodes
 FROM ${db}.events WHERE run_id = ${run} GROUP BY minute ORDER BY minute`,

@@ -131,7 +131,7 @@ export class ClickHouseSink {
       autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: 32,
-      eachBatch: ({ batch, heartbeat }) => this.handleBatch(batch, heartbeat),
+      eachBatch: ({ batch, heartbeat, resolveOffset }) => this.handleBatch(batch, heartbeat, resolveOffset),
     });
     this.log.info({ group: this.opts.groupId, topics: [trajectories, policyVersions, trainerMetrics] }, 'sink started');
   }
@@ -158,7 +158,7 @@ export class ClickHouseSink {
     if (current === undefined || nextOffset > current) this.watermarks.set(key, nextOffset);
   }
 
-  private async handleBatch(batch: Batch, heartbeat: () => Promise<void>): Promise<void> {
+  private async handleBatch(batch: Batch, heartbeat: () => Promise<void>, resolveOffset: (offset: string) => void): Promise<void> {
     if (batch.messages.length === 0) return;
     const pending = this.decodeBatch(batch);
     if (pending.messages > 0) {
@@ -170,6 +170,8 @@ export class ClickHouseSink {
         clearInterval(ticker);
       }
     }
+    // Only now may kafkajs fetch past this batch; a batch that failed is fetched again.
+    resolveOffset((pending.nextOffset - 1n).toString());
     await this.commit(batch.topic, batch.partition, pending.nextOffset);
   }
 
