@@ -10,7 +10,7 @@
  * wait, `append` makes the caller wait (backpressure): a slow broker slows the rollouts instead
  * of growing memory without bound.
  */
-import { CompressionTypes, type Kafka, type Message, type Producer } from 'kafkajs';
+import { CompressionTypes, Partitioners, type Kafka, type Message, type Producer } from 'kafkajs';
 import { encodeTrajectoryEvent, type TrajectoryEvent } from '../schemas/index.js';
 import type { Logger } from '../util/logger.js';
 import { ProducerError } from './errors.js';
@@ -21,7 +21,7 @@ export interface EventWriterOptions {
   compression?: 'none' | 'gzip';
   /** Bytes waiting (not yet sent) before append blocks. Default 16 MiB. */
   maxBufferedBytes?: number;
-  /** Bytes per produce request at most. Default 4 MiB (under the broker's default 8 MiB... and 1 MB per message). */
+  /** Bytes per produce request at most. Default 4 MiB (one produce request; single messages stay under the broker's 1 MB limit). */
   maxBatchBytes?: number;
   /** How long a lone event may wait for company before it is sent. Default 5 ms. */
   lingerMs?: number;
@@ -58,7 +58,8 @@ export class EventWriter {
 
   async connect(): Promise<void> {
     // maxInFlightRequests 1 with the idempotent producer: see the module comment.
-    this.producer = this.opts.kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
+    // The default partitioner is murmur2 like Java's: a group lands where any Kafka client would put its key.
+    this.producer = this.opts.kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false, createPartitioner: Partitioners.DefaultPartitioner });
     try {
       await this.producer.connect();
     } catch (err) {
