@@ -15,6 +15,7 @@ import type { TrajstoreConfig } from '../config/index.js';
 import type { ChatCompletionResponse } from '../inference/vllm-api.js';
 import type { Logger } from '../util/logger.js';
 import type { EnvironmentFactory, TaskSpec } from './environment.js';
+import { ProducerError } from './errors.js';
 import { EventWriter } from './event-writer.js';
 import { GroupRunner, type GroupOutcome } from './group-runner.js';
 import { StalenessPacer } from './pacing.js';
@@ -28,6 +29,8 @@ export interface RolloutWorkerOptions {
   logger: Logger;
   /** Stop after this many train groups (default: run until stopped). */
   maxGroups?: number;
+  /** Eval mode: run only the held-out eval groups for each new policy version, no train groups. */
+  evalOnly?: boolean;
   /** Time running episodes get to finish after stop(). Default 30 s. */
   graceMs?: number;
   /** First train task index (tasks are (seed, split, index)); default: derived from the producer id. */
@@ -170,6 +173,9 @@ export class RolloutWorker {
     await this.writer.connect();
     await this.progress.start();
     this.startedAt = Date.now();
+    if (this.opts.evalOnly && config.rollout.eval_tasks === 0) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', 'eval mode needs held-out tasks, but rollout.eval_tasks is 0', { hint: 'set rollout.eval_tasks to the number of held-out tasks per policy version' });
+    }
     if (config.rollout.eval_tasks > 0) {
       this.progress.on('version', (pv) => this.scheduleEval(pv.version));
       this.scheduleEval(this.progress.latestVersion());
@@ -206,6 +212,10 @@ export class RolloutWorker {
       const pendingEval = this.evalQueue.shift();
       if (pendingEval) {
         this.launch(pendingEval.task, 'eval', pendingEval.version);
+        continue;
+      }
+      if (this.opts.evalOnly) {
+        await sleep(200, undefined, { signal: stop }).catch(() => undefined);
         continue;
       }
       if (this.opts.maxGroups !== undefined && this.stats.trainStarted >= this.opts.maxGroups) break;

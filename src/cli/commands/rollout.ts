@@ -12,6 +12,7 @@ interface RolloutFlags {
   graceS: string;
   taskOffset?: string;
   progressS: string;
+  evalOnly?: boolean;
 }
 
 /**
@@ -28,6 +29,7 @@ export function registerRolloutCommand(program: Command): void {
     .option('--grace-s <seconds>', 'on SIGTERM, time running episodes get to finish before they are interrupted', '30')
     .option('--task-offset <n>', 'index of the first train task (tasks are seeded by run.seed and their index)')
     .option('--progress-s <seconds>', 'seconds between progress lines on stderr', '5')
+    .option('--eval-only', 'eval mode: run the held-out tasks (rollout.eval_tasks) against each new policy version, nothing to train on')
     .action(async (flags: RolloutFlags) => {
       const config = loadConfig(flags.config);
       const logger = createLogger('rollout');
@@ -37,6 +39,7 @@ export function registerRolloutCommand(program: Command): void {
       const worker = new RolloutWorker({
         config, kafka, environments, logger,
         maxGroups: flags.groups === undefined ? undefined : positive(flags.groups, '--groups'),
+        evalOnly: flags.evalOnly ?? false,
         graceMs: Number(flags.graceS) * 1000,
         taskOffset: flags.taskOffset === undefined ? undefined : Number(flags.taskOffset),
         progressEveryMs: Number(flags.progressS) * 1000,
