@@ -3,6 +3,7 @@
 # the engine's GPU tests, then the benchmark. Results (logs, RESULT json) go to $OUT.
 #
 #   OUT=/tmp/out bash engine/scripts/gpu-bench.sh single   # GPU tests + Qwen3-1.7B-shape bench (one GPU)
+#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh again    # GPU tests, 1.7B engine variants again, 8B on one GPU
 #   OUT=/tmp/out bash engine/scripts/gpu-bench.sh fsdp     # GPU tests + Qwen3-8B-shape: 1 GPU, then FSDP on 2
 #
 # Each part has its own time limit, so one that hangs still leaves the others' results.
@@ -27,11 +28,18 @@ case "${1:-single}" in
   single)
     timeout 420 "$py" -m trajstore_engine bench --profile --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -40
     ;;
+  again)
+    # A second sample of the 1.7B figures (the spread between runs), and the 8B one-GPU baseline.
+    timeout 250 "$py" -m trajstore_engine bench --variants varlen_kernels,varlen_layers --reps 5 --skip-long \
+      --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -6
+    timeout 170 "$py" -m trajstore_engine bench --model 8b --variants varlen_layers --skip-naive --skip-long \
+      --out "$OUT/bench_8b_1gpu.json" 2>&1 | tee "$OUT/bench_8b_1gpu.log" | tail -6
+    ;;
   fsdp)
     timeout 170 "$py" -m trajstore_engine bench --model 8b --variants varlen_layers --skip-naive --skip-long \
       --out "$OUT/bench_8b_1gpu.json" 2>&1 | tee "$OUT/bench_8b_1gpu.log" | tail -8
     timeout 260 "$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m trajstore_engine bench \
       --model 8b --variants varlen_layers --skip-long --out "$OUT/bench_8b_2gpu.json" 2>&1 | tee "$OUT/bench_8b_2gpu.log" | tail -12
     ;;
-  *) echo "usage: gpu-bench.sh single|fsdp" >&2; exit 2 ;;
+  *) echo "usage: gpu-bench.sh single|again|fsdp" >&2; exit 2 ;;
 esac
