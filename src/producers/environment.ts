@@ -20,7 +20,8 @@ export interface TaskSpec {
 /** What the policy is shown: text, plus a screenshot in the blob store for visual environments. */
 export interface Observation {
   text: string;
-  image?: StoredBlob & { width: number; height: number };
+  /** `bytes` are kept only until the next observation, for vision models' prompts. */
+  image?: StoredBlob & { width: number; height: number; bytes?: Buffer };
 }
 
 export interface ResetResult {
@@ -64,6 +65,8 @@ export interface Environment {
 /** Makes environments and the tasks they run. One per rollout process. */
 export interface EnvironmentFactory {
   readonly name: string;
+  /** Screenshots go into the prompt (vision models); otherwise only the observation text does. */
+  readonly sendsImages?: boolean;
   /** The index-th task of a split; the same (seed, split, index) always gives the same task. */
   task(split: Split, index: number): TaskSpec;
   create(): Promise<Environment>;

@@ -13,9 +13,9 @@
  * trainer never trains on it. Every started group gets its GroupCompleted.
  */
 import { randomUUID } from 'node:crypto';
-import type { ChatMessage } from '../inference/vllm-api.js';
 import { newTrajectoryEvent, type EpisodeStatus, type GroupStatus, type ObservationRef, type Purpose, type TrajectoryEvent, type TrajectoryEventPayload } from '../schemas/index.js';
 import type { Logger } from '../util/logger.js';
+import { Conversation } from './conversation.js';
 import type { EnvironmentFactory, Observation, RewardResult, TaskSpec } from './environment.js';
 import { describeFailure } from './errors.js';
 import type { PolicyClient, SamplingOptions } from './policy-client.js';
@@ -122,12 +122,14 @@ export class GroupRunner {
       if (env instanceof Error) throw env;
       const reset = await race(env.reset(task, envSeed), signal);
       await emitStart(reset.instanceId ?? null);
-      const messages: ChatMessage[] = [{ role: 'system', content: reset.system }, { role: 'user', content: reset.observation.text }];
+      const conversation = new Conversation(o.environments.sendsImages ?? false);
+      conversation.add('system', reset.system);
+      conversation.add('user', reset.observation.text, reset.observation);
       let observation = reset.observation;
       let shownUpTo = 0; // messages already stored in an earlier Turn
       let done = false;
       for (let turn = 0; turn < o.maxTurns && !done; turn++) {
-        const completion = await race(o.policy.complete(messages, sampling, signal), signal);
+        const completion = await race(o.policy.complete(conversation.request(), sampling, signal), signal);
         const envStarted = Date.now();
         const step = await race(env.step(completion.text), signal);
         const envLatency = Date.now() - envStarted;
@@ -141,7 +143,7 @@ export class GroupRunner {
             token_policy_versions: null,
             // The full prompt is in prompt_token_ids; after the first turn store only what is new.
             prompt_format: turn === 0 ? 'messages_json' : 'messages_delta_json',
-            prompt: JSON.stringify(messages.slice(shownUpTo)),
+            prompt: conversation.stored(shownUpTo),
             completion_text: completion.text,
             action: step.action,
             action_parse_error: step.parseError,
@@ -152,14 +154,14 @@ export class GroupRunner {
             request_id: completion.requestId,
           },
         }, completion.policyVersion);
-        shownUpTo = messages.length;
+        shownUpTo = conversation.length;
         totals.turns++;
         totals.promptTokens += completion.promptTokenIds.length;
         totals.completionTokens += completion.completionTokenIds.length;
-        messages.push({ role: 'assistant', content: completion.text });
+        conversation.add('assistant', completion.text);
         done = step.done;
         observation = step.observation;
-        if (!done) messages.push({ role: 'user', content: feedback(step.parseError, step.observation) });
+        if (!done) conversation.add('user', feedback(step.parseError, step.observation), step.observation);
       }
       finalObservation = observationRef(observation);
       reward = await race(env.reward(), signal);

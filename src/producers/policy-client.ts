@@ -10,6 +10,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChatCompletionRequest, ChatCompletionResponse, ChatMessage } from '../inference/vllm-api.js';
+import type { PolicyMessage } from './conversation.js';
 import type { Logger } from '../util/logger.js';
 import { ProducerError } from './errors.js';
 
@@ -104,11 +105,12 @@ export class PolicyClient {
    * Samples one completion. The policy version is read once, before the first attempt, so the
    * version recorded is the one whose name the request carried.
    */
-  async complete(messages: ChatMessage[], sampling: SamplingOptions, signal?: AbortSignal): Promise<PolicyCompletion> {
+  async complete(messages: PolicyMessage[], sampling: SamplingOptions, signal?: AbortSignal): Promise<PolicyCompletion> {
     const target = this.opts.policy.current();
     const request: ChatCompletionRequest = {
       model: target.model,
-      messages,
+      // Image parts (vision models) are vLLM's OpenAI-style content lists; vllm-api.ts types text only.
+      messages: messages as unknown as ChatMessage[],
       temperature: sampling.temperature,
       top_p: sampling.top_p,
       max_tokens: sampling.max_tokens,

@@ -26,6 +26,8 @@ export interface BrowserEnvOptions {
   executable: string;
   /** Milliseconds an action may take in the page. */
   actionTimeoutMs: number;
+  /** Put the screenshot into the prompt (vision models). */
+  sendScreenshots: boolean;
 }
 
 const CANDIDATES = ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
@@ -36,16 +38,20 @@ export function browserEnvOptions(raw: Record<string, unknown>, env: NodeJS.Proc
     throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.families must be a non-empty list of ${BROWSER_FAMILIES.join(', ')}`);
   }
   for (const key of Object.keys(raw)) {
-    if (!['families', 'executable', 'action_timeout_ms'].includes(key)) {
-      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: 'browser options: families, executable, action_timeout_ms' });
+    if (!['families', 'executable', 'action_timeout_ms', 'send_screenshots'].includes(key)) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: 'browser options: families, executable, action_timeout_ms, send_screenshots' });
     }
   }
   const executable = (raw.executable as string | undefined) ?? env.CHROMIUM_PATH ?? CANDIDATES.find((c) => existsSync(c)) ?? CANDIDATES[0]!;
-  return { families: families as BrowserFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000) };
+  return { families: families as BrowserFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000), sendScreenshots: raw.send_screenshots === true };
 }
 
 export class BrowserTasks implements EnvironmentFactory {
   readonly name = 'browser';
+
+  get sendsImages(): boolean {
+    return this.options.sendScreenshots;
+  }
 
   private constructor(
     private readonly seed: number,
@@ -194,7 +200,7 @@ export class BrowserEnvironment implements Environment {
     try {
       const [png, text] = await Promise.all([page.screenshot({ type: 'png' }), page.evaluate(DESCRIBE_PAGE) as Promise<string>]);
       const stored = await this.blobs.put(png, 'image/png');
-      return { text: this.declaredDone ? `${text}\n(you declared the task done)` : text, image: { ...stored, width: VIEWPORT.width, height: VIEWPORT.height } };
+      return { text: this.declaredDone ? `${text}\n(you declared the task done)` : text, image: { ...stored, width: VIEWPORT.width, height: VIEWPORT.height, bytes: png } };
     } catch (err) {
       if (err instanceof ProducerError) throw err;
       throw envError('could not observe the page', err);

@@ -43,6 +43,8 @@ export interface GBoxEnvOptions {
   tasks: GBoxTask[];
   /** How long a box may live (GBox's expiresIn), e.g. "30m". */
   boxExpiresIn: string;
+  /** Put the screenshot into the prompt (default true: GBox tasks are visual). */
+  sendScreenshots: boolean;
 }
 
 function configError(message: string, hint?: string): ProducerError {
@@ -56,7 +58,7 @@ export function gboxEnvOptions(raw: Record<string, unknown>, env: NodeJS.Process
       'set GBOX_API_KEY to your GBox API key (export GBOX_API_KEY=..., or put it in .env as the seeds do); or pick rollout.environment text or browser');
   }
   for (const key of Object.keys(raw)) {
-    if (!['tasks', 'box_type', 'base_url', 'box_expires_in'].includes(key)) throw configError(`rollout.env_options.${key} is not a GBox option (tasks, box_type, base_url, box_expires_in)`);
+    if (!['tasks', 'box_type', 'base_url', 'box_expires_in', 'send_screenshots'].includes(key)) throw configError(`rollout.env_options.${key} is not a GBox option (tasks, box_type, base_url, box_expires_in, send_screenshots)`);
   }
   const boxType = (raw.box_type ?? 'android') as string;
   if (boxType !== 'linux' && boxType !== 'android') throw configError(`rollout.env_options.box_type must be linux or android, got ${JSON.stringify(boxType)}`);
@@ -75,11 +77,15 @@ export function gboxEnvOptions(raw: Record<string, unknown>, env: NodeJS.Process
     if (split !== 'train' && split !== 'eval') throw configError(`rollout.env_options.tasks[${i}].split must be train or eval`);
     return { id: task.id as string, instruction: task.instruction as string, setup: task.setup as string | undefined, check: task.check as string, expect: task.expect as string, split };
   });
-  return { apiKey, baseUrl: (raw.base_url as string | undefined) ?? env.GBOX_CLIENT_BASE_URL, boxType, tasks, boxExpiresIn: String(raw.box_expires_in ?? '30m') };
+  return { apiKey, baseUrl: (raw.base_url as string | undefined) ?? env.GBOX_CLIENT_BASE_URL, boxType, tasks, boxExpiresIn: String(raw.box_expires_in ?? '30m'), sendScreenshots: raw.send_screenshots !== false };
 }
 
 export class GBoxTasks implements EnvironmentFactory {
   readonly name = 'gbox';
+
+  get sendsImages(): boolean {
+    return this.options.sendScreenshots;
+  }
   private readonly sdk: GboxSDK;
 
   constructor(private readonly seed: number, private readonly options: GBoxEnvOptions, private readonly blobs: BlobStore, private readonly logger?: Logger) {
@@ -173,7 +179,7 @@ export class GBoxEnvironment implements Environment {
     const png = await screenshotBytes(shot.uri);
     const stored = await this.blobs.put(png, 'image/png');
     const { width, height } = pngSize(png);
-    return { text: `Task: ${this.task!.instruction}\n(screen ${width}x${height}: see the screenshot)`, image: { ...stored, width, height } };
+    return { text: `Task: ${this.task!.instruction}\n(screen ${width}x${height}: see the screenshot)`, image: { ...stored, width, height, bytes: png } };
   }
 
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
