@@ -93,6 +93,9 @@ export class ClickHouseSink {
     this.consumer = opts.kafka.consumer({
       groupId: opts.groupId,
       sessionTimeout: opts.sessionTimeoutMs,
+      // A member killed during a rebalance holds the group until this expires; twice the session
+      // is time enough for a live member to finish its batch, since flushes heartbeat.
+      rebalanceTimeout: 2 * opts.sessionTimeoutMs,
       heartbeatInterval: Math.max(500, Math.floor(opts.sessionTimeoutMs / 6)),
       // Large fetches make large inserts, which is what ClickHouse wants.
       maxBytesPerPartition: 8 * 1024 * 1024,
@@ -100,6 +103,10 @@ export class ClickHouseSink {
       maxWaitTimeInMs: 250,
     });
     this.producer = opts.kafka.producer({ allowAutoTopicCreation: false });
+  }
+
+  get groupId(): string {
+    return this.opts.groupId;
   }
 
   onFlush(listener: (report: FlushReport) => void): void {
