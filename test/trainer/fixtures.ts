@@ -79,14 +79,13 @@ export async function produceGroups(kafka: Kafka, topic: string, groups: Traject
     if (interleave) {
       const cursors = groups.map(() => 0);
       let left = groups.reduce((n, g) => n + g.length, 0);
-      let i = 0;
-      while (left > 0) {
+      for (let i = 0; left > 0; i++) {
         const g = i % groups.length;
-        if (cursors[g]! < groups[g]!.length) {
+        // An uneven number of events per visit: groups overlap in varied ways.
+        for (let k = 0; k < 1 + (g % 3) && cursors[g]! < groups[g]!.length; k++) {
           order.push(groups[g]![cursors[g]!++]!);
           left--;
         }
-        i += g % 3 === 0 ? 1 : 2; // an uneven stride: groups overlap in varied ways
       }
     } else for (const g of groups) order.push(...g);
     for (let i = 0; i < order.length; i += 500) {
@@ -105,8 +104,14 @@ export function positions(events: TrajectoryEvent[], partition = 0, start = 0): 
 export type { AssembledGroup };
 
 /** A config for a test run: tiny model, its own topics and directories. */
-export function testConfig(opts: { runId: string; topic: string; dir: string; modelDir: string; apiBases?: string[] }): TrajstoreConfig {
-  const yaml = `
+export interface TestConfigOptions { runId: string; topic: string; dir: string; modelDir: string; apiBases?: string[] }
+
+export function testConfig(opts: TestConfigOptions): TrajstoreConfig {
+  return parseConfig(testConfigYaml(opts), 'test', {});
+}
+
+export function testConfigYaml(opts: TestConfigOptions): string {
+  return `
 run: { id: ${opts.runId}, seed: 0 }
 model: { name: tiny, path: ${opts.modelDir}, max_seq_length: 256, dtype: float32 }
 lora: { r: 4, alpha: 8, dropout: 0.0 }
@@ -127,5 +132,4 @@ kafka:
   partitions: 3
 storage: { adapters: ${opts.dir}/adapters }
 `;
-  return parseConfig(yaml, 'test', {});
 }

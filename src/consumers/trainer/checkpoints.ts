@@ -4,7 +4,8 @@
  * (resume offsets, version, counters, ledger position) travels inside it as metadata, so the
  * adapter and the offsets it was trained on can never disagree.
  *
- *   <checkpoint.dir>/step-00000012/   one directory per saved step, zero-padded so names sort
+ *   <checkpoint.dir>/step-00000012/     one directory per save, zero-padded so names sort
+ *   <checkpoint.dir>/step-00000012.1/   a later save at the same step (the final save at shutdown)
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -29,21 +30,26 @@ export interface TrainerState {
   log_version?: number;
 }
 
-const STEP_DIR = /^step-(\d{8,})$/;
+/** `step-00000012`, and `step-00000012.1`, `.2`, ... for later saves at the same step (never overwritten). */
+const STEP_DIR = /^step-(\d{8,})(?:\.(\d+))?$/;
 
+/** A new checkpoint directory for `step`: a save never replaces an existing checkpoint, so a crash mid-save cannot lose one. */
 export function checkpointDir(root: string, step: number): string {
-  return join(resolve(root), `step-${String(step).padStart(8, '0')}`);
+  const base = `step-${String(step).padStart(8, '0')}`;
+  const same = listCheckpoints(root, true).filter((c) => c.step === step);
+  const rev = same.length === 0 ? 0 : Math.max(...same.map((c) => c.rev)) + 1;
+  return join(resolve(root), rev === 0 ? base : `${base}.${rev}`);
 }
 
-/** Complete checkpoints (with MANIFEST.json), newest first. */
-export function listCheckpoints(root: string): Array<{ step: number; dir: string }> {
+/** Complete checkpoints (with MANIFEST.json), newest first; with `all`, incomplete ones too. */
+export function listCheckpoints(root: string, all = false): Array<{ step: number; rev: number; dir: string }> {
   const abs = resolve(root);
   if (!existsSync(abs)) return [];
   return readdirSync(abs)
     .map((name) => ({ name, m: STEP_DIR.exec(name) }))
-    .filter((x) => x.m && existsSync(join(abs, x.name, 'MANIFEST.json')))
-    .map((x) => ({ step: Number(x.m![1]), dir: join(abs, x.name) }))
-    .sort((a, b) => b.step - a.step);
+    .filter((x) => x.m && (all || existsSync(join(abs, x.name, 'MANIFEST.json'))))
+    .map((x) => ({ step: Number(x.m![1]), rev: Number(x.m![2] ?? 0), dir: join(abs, x.name) }))
+    .sort((a, b) => b.step - a.step || b.rev - a.rev);
 }
 
 /** Reads the trainer state of a checkpoint without loading it into the engine. */

@@ -49,6 +49,12 @@ export interface CoreOptions {
   /** Called after a checkpoint is durable, with its resume offsets (stream: commit them to the run's group). */
   onCheckpoint?: (offsets: Map<number, number>) => Promise<void>;
   resume?: TrainerState;
+  /**
+   * The clock group timeouts run on (ms). Streaming: time the trainer spent waiting for new
+   * records, not time it spent training, so a backlog read after a long step does not look
+   * like silent producers. Replay: none (only log time counts).
+   */
+  idleClock?: () => number;
   /** Dry run: assemble and filter, count, but never call the engine. */
   dryRun?: boolean;
 }
@@ -57,6 +63,7 @@ export class TrainerCore {
   step = 0;
   version = 0;
   private logVersion = 0;
+  private logClock = 0;
   private published: StoredAdapter | null = null;
   private versionStep = 0;
   readonly assembler: GroupAssembler;
@@ -129,16 +136,21 @@ export class TrainerCore {
         await this.deadLetter(rec, topic, err);
         continue;
       }
-      const { completed, evicted } = this.assembler.accept(event, { partition: rec.partition, offset: rec.offset }, Date.now());
+      if (event.run_id === this.o.sourceRunId && event.timestamp > this.logClock) this.logClock = event.timestamp;
+      const { completed, evicted } = this.assembler.accept(event, { partition: rec.partition, offset: rec.offset }, this.o.idleClock?.() ?? 0);
       if (evicted) this.decide(evicted, 'evicted');
       if (completed) this.decide(completed);
       await this.trainReadySteps(false);
     }
   }
 
-  /** Closes groups silent past the timeout (by wall clock in streaming, by log time in replay). */
-  async expire(now: { wallMs?: number; logMs?: number }): Promise<void> {
-    for (const g of this.assembler.expire(now)) this.decide(g);
+  /**
+   * Closes groups silent past the timeout: by log time (the run's newest event timestamp: other
+   * producers went on writing while this group said nothing) and, when streaming, by idle time.
+   */
+  async expire(): Promise<void> {
+    const idle = this.o.idleClock?.();
+    for (const g of this.assembler.expire({ logMs: this.logClock, ...(idle === undefined ? {} : { wallMs: idle }) })) this.decide(g);
     await this.trainReadySteps(false);
   }
 
@@ -148,7 +160,15 @@ export class TrainerCore {
     if (opts.flush) await this.trainReadySteps(true);
     if (this.o.dryRun) return;
     if (Object.keys(this.pendingDrops).length > 0) this.ledger.append({ step: this.step, policy_version: this.version, trained: [], dropped: this.takeDrops() });
+    // Nothing new since the last checkpoint (e.g. max_steps just saved): no second save.
+    if (this.lastSaved === this.saveKey()) return;
     await this.checkpoint(false);
+  }
+
+  private lastSaved = '';
+
+  private saveKey(): string {
+    return JSON.stringify([this.step, this.ledger.lastSeq, this.tracker.snapshotPeek(this.undecided())]);
   }
 
   private decide(group: AssembledGroup, forced?: DropReason): void {
@@ -207,10 +227,13 @@ export class TrainerCore {
     }
     const droppedSinceLastStep = this.droppedSinceStep;
     this.droppedSinceStep = {};
+    const tTrained = performance.now();
     let ckpt: { dir: string; adapterDir: string } | null = null;
     if (save) ckpt = await this.checkpoint(publish);
+    const tSaved = performance.now();
     if (publish && ckpt) await this.publishVersion(ckpt, reply.metrics);
     else await this.o.publisher?.catchUp();
+    const tPublished = performance.now();
 
     const metrics = buildStepMetrics({
       runId: this.o.runId,
@@ -230,7 +253,8 @@ export class TrainerCore {
     await this.o.producer.send({ topic: c.kafka.topics.trainer_metrics, messages: [{ key: this.o.runId, value: encodeTrainerStepMetrics(metrics) }] });
     this.o.logger.info({ step: this.step, version: this.version, loss: round(metrics.loss), reward_mean: round(metrics.reward_mean),
       groups: groups.length, tokens: metrics.num_tokens, tokens_per_s: Math.round(metrics.tokens_per_second),
-      mismatch: round(metrics.behavior_logprob_abs_diff_mean), step_ms: Math.round(stepTimeMs) }, 'step');
+      mismatch: round(metrics.behavior_logprob_abs_diff_mean), step_ms: Math.round(stepTimeMs),
+      save_ms: Math.round(tSaved - tTrained), publish_ms: Math.round(tPublished - tSaved), metrics_ms: Math.round(performance.now() - tPublished) }, 'step');
   }
 
   private engine(): EngineClient {
@@ -260,9 +284,11 @@ export class TrainerCore {
       log_version: this.logVersion,
     };
     const dir = checkpointDir(c.checkpoint.dir, this.step);
-    // A save at the same step (a final save right after a periodic one) replaces it with the newer offsets.
-    const saved = await this.engine().save(dir, { metadata: { trainer: state }, overwrite: true, policyVersion: this.version });
+    const saved = await this.engine().save(dir, { metadata: { trainer: state }, policyVersion: this.version });
+    this.lastSaved = this.saveKey();
+    const t0 = performance.now();
     await this.o.onCheckpoint?.(new Map(Object.entries(resume).map(([p, r]) => [Number(p), r.offset])));
+    this.o.logger.debug({ step: this.step, engine_save_s: saved.metrics.elapsed_s, commit_ms: Math.round(performance.now() - t0) }, 'checkpoint durable, offsets committed');
     pruneCheckpoints(c.checkpoint.dir, c.checkpoint.keep_last, [dir]);
     return { dir, adapterDir: saved.result.adapter_path ?? join(dir, 'adapter') };
   }

@@ -46,13 +46,8 @@ export class OffsetTracker {
    * resume offsets (they will never be re-read) and returns their ids.
    */
   snapshot(undecided: LogPosition[]): { state: ResumeState; forgotten: string[] } {
-    const low = new Map(this.position);
-    for (const pos of undecided) {
-      const cur = low.get(pos.partition);
-      if (cur === undefined || pos.offset < cur) low.set(pos.partition, pos.offset);
-    }
     const state: ResumeState = {};
-    for (const [p, offset] of [...low].sort((a, b) => a[0] - b[0])) state[String(p)] = { offset, done: [] };
+    for (const [p, offset] of this.snapshotPeek(undecided)) state[String(p)] = { offset, done: [] };
     const forgotten: string[] = [];
     for (const [gid, pos] of this.decided) {
       const r = state[String(pos.partition)];
@@ -63,6 +58,16 @@ export class OffsetTracker {
       }
     }
     return { state, forgotten };
+  }
+
+  /** The resume offsets the next snapshot would take, without forgetting anything. */
+  snapshotPeek(undecided: LogPosition[]): Array<[number, number]> {
+    const low = new Map(this.position);
+    for (const pos of undecided) {
+      const cur = low.get(pos.partition);
+      if (cur === undefined || pos.offset < cur) low.set(pos.partition, pos.offset);
+    }
+    return [...low].sort((a, b) => a[0] - b[0]);
   }
 
   /** Group ids a resumed trainer must skip. */

@@ -1,11 +1,11 @@
 /**
  * Reading the trajectory topic from exact offsets. kafkajs has no manual partition assignment,
- * so each reader joins a consumer group of its own (a fresh id, nobody else in it): its start
- * offsets are written into that group with the admin API before it joins, so it starts exactly
- * where the checkpoint says, with no rebalance against a killed predecessor that the broker
- * still believes alive. Offsets the run has durably trained are committed separately, to the
- * run's stable group (`commitRunOffsets`), only after a checkpoint is on disk; that group is
- * what `kafka-consumer-groups --describe` shows as the trainer's lag.
+ * so each reader joins a consumer group of its own (a fresh id, nobody else in it) and seeks to
+ * the checkpoint's offsets: no rebalance waits on a killed predecessor that the broker still
+ * believes alive, and records before the start offsets are never handed out. Offsets the run
+ * has durably trained are committed separately, to the run's stable group (`OffsetCommitter`),
+ * only after a checkpoint is on disk; that group is what `kafka-consumer-groups --describe`
+ * shows as the trainer's lag.
  *
  * Memory is bounded: fetched records wait in a queue of at most `highWater` records; past it the
  * fetch loop holds (sending heartbeats) until the trainer has taken them.
@@ -45,19 +45,8 @@ export class LogReader {
 
   async open(): Promise<void> {
     const { topic } = this.opts;
-    const admin = this.kafka.admin();
-    await admin.connect();
-    try {
-      const offsets = await admin.fetchTopicOffsets(topic);
-      const partitions = offsets.map((o) => ({
-        partition: o.partition,
-        offset: String(this.opts.start.get(o.partition) ?? Number(o.low)),
-      }));
-      await admin.setOffsets({ groupId: this.groupId, topic, partitions });
-    } finally {
-      await admin.disconnect();
-    }
     const highWater = this.opts.highWater ?? 20_000;
+    const next = new Map(this.opts.start);
     const consumer = this.kafka.consumer({ groupId: this.groupId, sessionTimeout: 60_000, rebalanceTimeout: 60_000, maxWaitTimeInMs: 200 });
     this.consumer = consumer;
     await consumer.connect();
@@ -69,8 +58,14 @@ export class LogReader {
     await consumer.run({
       autoCommit: false,
       eachBatch: async ({ batch, heartbeat, isRunning }) => {
+        const from = next.get(batch.partition) ?? 0;
         for (const m of batch.messages) {
-          this.queue.push({ partition: batch.partition, offset: Number(m.offset), timestamp: Number(m.timestamp), value: m.value });
+          const offset = Number(m.offset);
+          // Before the seek below takes effect a fetch may start at the beginning, and after it
+          // records may come again: only offsets at or past the next expected one are taken.
+          if (offset < (next.get(batch.partition) ?? from)) continue;
+          next.set(batch.partition, offset + 1);
+          this.queue.push({ partition: batch.partition, offset, timestamp: Number(m.timestamp), value: m.value });
         }
         this.wake?.();
         while (this.queue.length > highWater && isRunning()) {
@@ -79,6 +74,7 @@ export class LogReader {
         }
       },
     });
+    for (const [partition, offset] of this.opts.start) consumer.seek({ topic, partition, offset: String(offset) });
   }
 
   /** Records fetched so far (at most `max`), waiting up to `waitMs` when there are none. */
@@ -110,15 +106,45 @@ export class LogReader {
   }
 }
 
-/** Commits a checkpoint's resume offsets to the run's stable consumer group (for lag monitoring). */
-export async function commitRunOffsets(kafka: Kafka, groupId: string, topic: string, offsets: Map<number, number>): Promise<void> {
-  if (offsets.size === 0) return;
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    await admin.setOffsets({ groupId, topic, partitions: [...offsets].map(([partition, offset]) => ({ partition, offset: String(offset) })) });
-  } finally {
-    await admin.disconnect();
+/**
+ * Commits checkpoints' resume offsets to the run's stable consumer group, in the background:
+ * kafkajs' admin.setOffsets joins the group with a short-lived consumer (about 5 s), and these
+ * commits only inform monitoring (a resume reads the offsets from the checkpoint itself), so the
+ * training loop does not wait for them. Latest wins: offsets that arrive while a commit runs
+ * replace any not yet started.
+ */
+export class OffsetCommitter {
+  private pending: Map<number, number> | null = null;
+  private running: Promise<void> | null = null;
+
+  constructor(private readonly kafka: Kafka, private readonly groupId: string, private readonly topic: string, private readonly logger: Logger) {}
+
+  commit(offsets: Map<number, number>): void {
+    if (offsets.size === 0) return;
+    this.pending = offsets;
+    if (!this.running) this.running = this.drain();
+  }
+
+  /** Waits for the newest offsets handed in to be committed. */
+  async flush(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.pending) {
+      const offsets = this.pending;
+      this.pending = null;
+      const admin = this.kafka.admin();
+      try {
+        await admin.connect();
+        await admin.setOffsets({ groupId: this.groupId, topic: this.topic, partitions: [...offsets].map(([partition, offset]) => ({ partition, offset: String(offset) })) });
+      } catch (err) {
+        this.logger.warn({ group: this.groupId, err: String(err) }, 'could not commit offsets to the run group (monitoring only; resume uses the checkpoint)');
+      } finally {
+        await admin.disconnect().catch(() => undefined);
+      }
+    }
+    this.running = null;
   }
 }
 

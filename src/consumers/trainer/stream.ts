@@ -15,7 +15,7 @@ import { TrainerCore } from './core.js';
 import { startEngine } from './engine-setup.js';
 import { TrainerError, TrainerErrorCode } from './errors.js';
 import { VersionPublisher } from './publisher.js';
-import { commitRunOffsets, LogReader } from './source.js';
+import { LogReader, OffsetCommitter } from './source.js';
 
 export interface StreamOptions {
   config: TrajstoreConfig;
@@ -82,6 +82,8 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
   const engine = await startEngine(config, logger);
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   let reader: LogReader | null = null;
+  let idleMs = 0;
+  const committer = new OffsetCommitter(kafka, trainerGroupId(runId), topic, logger);
   try {
     if (ckpt) {
       await engine.load(ckpt.dir);
@@ -101,7 +103,8 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
     const core = new TrainerCore({
       config, runId, sourceRunId: runId, mode: 'stream', engine, producer, publisher, logger,
       resume: ckpt?.state,
-      onCheckpoint: (offsets) => commitRunOffsets(kafka, trainerGroupId(runId), topic, offsets),
+      idleClock: () => idleMs,
+      onCheckpoint: async (offsets) => committer.commit(offsets),
     });
     if (ckpt) await core.republishAfterResume(ckpt);
 
@@ -110,9 +113,11 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
     logger.info({ run: runId, topic, step: core.step, max_steps: config.training.max_steps }, 'training from the log');
     let lastCatchUp = Date.now();
     while (!core.done && !opts.signal?.aborted) {
+      const t0 = Date.now();
       const records = await reader.next(500);
+      if (records.length === 0) idleMs += Date.now() - t0;
       await core.ingest(records, topic);
-      await core.expire({ wallMs: Date.now() });
+      await core.expire();
       if (records.length === 0 && Date.now() - lastCatchUp > 5000) {
         await core.catchUpServers();
         lastCatchUp = Date.now();
@@ -121,6 +126,7 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
     await reader.close();
     reader = null;
     await core.finish({ closeOpen: false, flush: false });
+    await committer.flush();
     logger.info({ steps: core.step, version: core.version, totals: core.totals }, core.done ? 'max_steps reached' : 'stopped');
     return { steps: core.step, policyVersion: core.version, resumedFrom: ckpt?.dir ?? null, totals: core.totals };
   } finally {
