@@ -6,7 +6,7 @@ export interface RetryOptions {
   /** First pause; doubles each attempt up to maxMs, with ±20% jitter so sinks do not retry in step. */
   initialMs: number;
   maxMs: number;
-  /** Checked before each attempt: a stopping sink gives up instead of retrying forever. */
+  /** Checked before each retry: a stopping sink finishes what it started but does not wait out an outage. */
   stopped: () => boolean;
   onRetry: (err: TrajstoreError, attempt: number, delayMs: number) => void;
 }
@@ -18,7 +18,7 @@ export interface RetryOptions {
  */
 export async function retryForever<T>(fn: () => Promise<T>, opts: RetryOptions): Promise<T> {
   for (let attempt = 1; ; attempt++) {
-    if (opts.stopped()) throw new SinkError(SinkErrorCode.STOPPED, 'sink stopped while retrying; the batch was not committed and will be redelivered');
+    if (attempt > 1 && opts.stopped()) throw new SinkError(SinkErrorCode.STOPPED, 'sink stopped while retrying; the batch was not committed and will be redelivered');
     try {
       return await fn();
     } catch (err) {

@@ -1,5 +1,5 @@
 import type { ClickHouseClient } from '@clickhouse/client';
-import type { Batch, Consumer, Kafka, KafkaMessage, Producer } from 'kafkajs';
+import { Partitioners, type Batch, type Consumer, type Kafka, type KafkaMessage, type Producer } from 'kafkajs';
 import { migrate } from '../../clickhouse/migrations/index.js';
 import {
   buildDeadLetter,
@@ -102,7 +102,7 @@ export class ClickHouseSink {
       maxBytes: 64 * 1024 * 1024,
       maxWaitTimeInMs: 250,
     });
-    this.producer = opts.kafka.producer({ allowAutoTopicCreation: false });
+    this.producer = opts.kafka.producer({ allowAutoTopicCreation: false, createPartitioner: Partitioners.DefaultPartitioner });
   }
 
   get groupId(): string {
@@ -173,6 +173,10 @@ export class ClickHouseSink {
       const ticker = setInterval(() => heartbeat().catch(() => undefined), 1000);
       try {
         await new Promise<void>((resolve, reject) => this.enqueue({ ...pending, resolve, reject }));
+      } catch (err) {
+        // Stopping during an outage: leave the batch unresolved and uncommitted; it is redelivered.
+        if (err instanceof SinkError && err.code === SinkErrorCode.STOPPED) return;
+        throw err;
       } finally {
         clearInterval(ticker);
       }
