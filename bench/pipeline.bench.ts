@@ -70,7 +70,8 @@ async function kafkaBaseline(records: number, recordSize: number): Promise<{ rec
   child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
   child.stderr.on('data', (c: Buffer) => { out += c.toString(); });
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
-  const line = out.trim().split('\n').find((l) => /records sent, [\d.]+ records\/sec/.test(l) && !/Sent \d+/.test(l)) ?? '';
+  // The summary is the line with percentiles; the lines before it are 5-second windows.
+  const line = out.trim().split('\n').find((l) => /records sent, [\d.]+ records\/sec/.test(l) && /50th/.test(l)) ?? '';
   const match = /records sent, ([\d.]+) records\/sec \(([\d.]+) MB\/sec\)/.exec(line);
   if (code !== 0 || !match) throw new Error(`ProducerPerformance failed (exit ${code}):\n${out.slice(-2000)}`);
   return { recordsPerSec: Number(match[1]), mbPerSec: Number(match[2]), line };
