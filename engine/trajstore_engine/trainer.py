@@ -330,10 +330,10 @@ class Engine:
         return mode
 
     def describe(self) -> dict[str, Any]:
+        # Under FSDP the sharded parameters are DTensors, whose numel() is the whole tensor's:
+        # these are already model-wide counts, on every rank.
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable)
-        if self.dist.enabled:
-            trainable = int(self.dist.sum_cpu(torch.tensor([float(trainable)]))[0])
         return {
             "model_type": self.causal_lm.config.model_type,
             "vocab_size": self.vocab_size,

@@ -239,3 +239,31 @@ test('a command that outlives its timeout kills the engine and says so', async (
   const exit = await engine.exited;
   assert.equal(exit.signal, 'SIGKILL');
 });
+
+test('under torchrun (2 CPU ranks, FSDP over gloo) rank 0 speaks the protocol: step, save, load, shutdown', async () => {
+  const env = { ...process.env, OMP_NUM_THREADS: '1' };
+  const single = await EngineClient.start({ env });
+  const alone = await single.init(config());
+  await single.shutdown();
+
+  const engine = await EngineClient.start({ nprocPerNode: 2, env });
+  assert.equal(engine.ready.world_size, 2);
+  const init = await engine.init({ ...config(), training: { micro_batch_tokens: 64 } });
+  assert.equal(init.result.world_size, 2);
+  assert.equal(init.result.trainable_parameters, alone.result.trainable_parameters, 'counts are model-wide, not summed over ranks');
+  const batchPath = join(scratch, 'fsdp.safetensors');
+  await writeBatchFile(batchPath, randomBatch({ seed: 5, count: 6, minLen: 10, maxLen: 40 }));
+  const step = await engine.trainStep(batchPath, { policyVersion: 1 });
+  assert.equal(step.result.step, 1);
+  assert.ok(step.metrics.micro_batches >= 2 && step.metrics.micro_batches % 2 === 0, 'every rank ran its share');
+  const ckpt = join(scratch, 'fsdp-ckpt');
+  await engine.save(ckpt);
+  const atSave = join(scratch, 'fsdp-lp-at-save.safetensors');
+  await engine.computeLogprobs(batchPath, atSave);
+  await engine.trainStep(batchPath, { policyVersion: 2 });
+  assert.equal((await engine.load(ckpt)).result.step, 1);
+  const restored = join(scratch, 'fsdp-lp-restored.safetensors');
+  await engine.computeLogprobs(batchPath, restored);
+  assert.deepEqual((await readLogprobsFile(restored)).logprobs, (await readLogprobsFile(atSave)).logprobs);
+  assert.deepEqual(await engine.shutdown(), { code: 0, signal: null });
+});
