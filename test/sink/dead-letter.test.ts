@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
+import { Partitioners } from 'kafkajs';
 import {
   DEAD_LETTER_HEADERS,
   decodeDeadLetter,
@@ -36,7 +37,7 @@ test('poison messages land in the dead-letter topic with reason and source, and 
   ];
 
   // Valid events with poison in between, one partition, so offsets are known in order.
-  const producer = kafka.producer();
+  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
   await producer.connect();
   t.after(() => producer.disconnect());
   const poisonOffsets = new Map<string, string>();

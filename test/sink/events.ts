@@ -4,7 +4,7 @@
  * reward and a finish; deterministic from a seed.
  */
 import { randomUUID } from 'node:crypto';
-import type { Kafka } from 'kafkajs';
+import { Partitioners, type Kafka } from 'kafkajs';
 import {
   encodeTrajectoryEvent,
   newTrajectoryEvent,
@@ -118,7 +118,7 @@ function turnPayload(rand: () => number, turnIndex: number, shape: RunShape) {
 
 /** Produces events keyed by group id (as rollout producers do), in order, in chunks. */
 export async function produceEvents(kafka: Kafka, topic: string, events: TrajectoryEvent[], chunk = 500): Promise<void> {
-  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  const producer = kafka.producer({ allowAutoTopicCreation: false, createPartitioner: Partitioners.DefaultPartitioner });
   await producer.connect();
   try {
     for (let i = 0; i < events.length; i += chunk) {

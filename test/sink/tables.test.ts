@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import { Partitioners } from 'kafkajs';
 import { createClickHouse } from '../../src/clickhouse/client.js';
 import { migrate } from '../../src/clickhouse/migrations/index.js';
 import { quoteString } from '../../src/clickhouse/sql.js';
@@ -43,7 +44,7 @@ test('produced events appear in the typed tables with the right counts and value
   const runId = uniqueName('run');
   const events = syntheticRun({ runId, groups: 6, groupSize: 3, turns: 2, promptTokens: 64, completionTokens: 16, seed: 7 });
   await produceEvents(kafka, topics.trajectories, events);
-  const producer = kafka.producer();
+  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
   await producer.connect();
   t.after(() => producer.disconnect());
   await producer.send({ topic: topics.policyVersions, messages: [1, 2].map((version) => ({ key: String(version), value: encodePolicyVersion({
