@@ -131,6 +131,13 @@ export class ClickHouseSink {
     this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
       this.reloadWatermarks().catch((err: unknown) => this.log.warn({ err }, 'could not reload the watermark after a rebalance; redeliveries are still deduplicated by the tables'));
     });
+    // An error retrying cannot fix (the server rejects the insert): kafkajs restarts the consumer,
+    // which fetches the same uncommitted batch again, so the sink keeps trying until the cause
+    // is fixed; say so loudly, once per attempt.
+    this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
+      const err = payload.error as Error & { code?: string; hint?: string };
+      this.log.error({ code: err.code, error: err.message, hint: err.hint, restart: payload.restart }, 'sink consumer crashed; nothing was committed past the failed batch');
+    });
     const { trajectories, policyVersions, trainerMetrics } = this.opts.topics;
     // A new group starts at the beginning: a sink must not skip what was produced before it ran.
     await this.consumer.subscribe({ topics: [trajectories, policyVersions, trainerMetrics], fromBeginning: true });
