@@ -7,6 +7,7 @@ import { registerServicesCommand } from './commands/services.js';
 import { registerSinkCommand } from './commands/sink.js';
 import { registerSqlCommand } from './commands/sql.js';
 import { registerReportCommand } from './commands/report.js';
+import { registerReplayCommand } from './commands/replay.js';
 import { registerTopicsCommand } from './commands/topics.js';
 import { registerTrainCommand } from './commands/train.js';
 
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerSqlCommand(program);
   registerReportCommand(program);
   registerTrainCommand(program);
+  registerReplayCommand(program);
   return program;
 }
 

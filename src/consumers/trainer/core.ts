@@ -328,6 +328,20 @@ export class TrainerCore {
     }
   }
 
+  /** Publishes the current adapter as a version if steps were trained since the last one (end of a replay). */
+  async publishFinal(): Promise<void> {
+    if (this.step === 0 || this.versionStep === this.step) return;
+    this.version++;
+    this.versionStep = this.step;
+    const ckpt = await this.checkpoint(true);
+    await this.publishVersion(ckpt, {});
+  }
+
+  /** The newest version in the adapter store (null before the first). */
+  get publishedAdapter(): StoredAdapter | null {
+    return this.published;
+  }
+
   async catchUpServers(): Promise<void> {
     await this.o.publisher?.catchUp();
   }

@@ -1,0 +1,133 @@
+/**
+ * Exactly-once training across crashes: the trainer (`trajstore train --resume`, a child process
+ * with its engine) is killed with SIGKILL at random moments, restarted each time, and at the
+ * end its ledger (the lineage of the final adapter) holds every complete group exactly once:
+ * trained, or dropped with its reason. Real Kafka, real engine on the tiny model.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import { listCheckpoints, readTrainerState } from '../../src/consumers/trainer/checkpoints.js';
+import { readLedger } from '../../src/consumers/trainer/ledger.js';
+import { trainerGroupId } from '../../src/consumers/trainer/stream.js';
+import { ensureEngineVenv, ensureTinyModel } from '../../src/inference/cpu-policy-server.js';
+import { ensureTopics } from '../../src/kafka/client.js';
+import { topicSpecs } from '../../src/kafka/topics.js';
+import { projectRoot } from '../../src/services/paths.js';
+import { testKafka, uniqueName } from '../support/services.js';
+import { groupEvents, prng, produceGroups, testConfig, testConfigYaml } from './fixtures.js';
+
+const KILLS = Number(process.env.TRAJSTORE_TEST_KILLS ?? 10);
+
+function startTrainer(configFile: string, env: NodeJS.ProcessEnv): { child: ChildProcess; stderr: () => string; started: Promise<void>; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, [join(projectRoot(), 'bin', 'trajstore.mjs'), 'train', '-c', configFile, '--resume'], {
+    env: { ...process.env, ...env, TRAJSTORE_LOG_FORMAT: 'json', TRAJSTORE_LOG_LEVEL: 'info', KAFKAJS_NO_PARTITIONER_WARNING: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  let resolveStarted!: () => void;
+  const started = new Promise<void>((r) => (resolveStarted = r));
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d.toString();
+    if (err.includes('training from the log')) resolveStarted();
+  });
+  child.stdout!.resume();
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return { child, stderr: () => err, started, exited };
+}
+
+describe('crash and resume', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'trajstore-crash-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it(`SIGKILLed ${KILLS} times at random moments, the trainer ends with every complete group decided exactly once`, { timeout: 1_200_000 }, async (t) => {
+    await ensureEngineVenv({ install: true });
+    const modelDir = await ensureTinyModel();
+    const kafka = testKafka();
+    const topic = uniqueName('trcrash');
+    const runId = uniqueName('crash');
+    const opts = { runId, topic, dir, modelDir };
+    const config = testConfig(opts);
+    await ensureTopics(kafka, topicSpecs(config));
+    t.after(async () => {
+      const admin = kafka.admin();
+      await admin.connect();
+      await admin.deleteTopics({ topics: topicSpecs(config).map((s) => s.topic) }).catch(() => undefined);
+      await admin.disconnect();
+    });
+
+    // 24 trainable groups (24 steps of 1), 3 with equal rewards (dropped), 2 whose producer died.
+    const groups = [
+      ...Array.from({ length: 24 }, (_, i) => groupEvents({ runId, seed: i + 1 })),
+      ...Array.from({ length: 3 }, (_, i) => groupEvents({ runId, seed: 100 + i, rewards: [1, 1] })),
+      ...Array.from({ length: 2 }, (_, i) => groupEvents({ runId, seed: 200 + i, incomplete: true })),
+    ];
+    await produceGroups(kafka, topic, groups, true);
+    const complete = groups.filter((g) => 'GroupCompleted' in g.at(-1)!.payload).map((g) => g[0]!.group_id);
+    const equal = new Set(groups.slice(24, 27).map((g) => g[0]!.group_id));
+
+    const configFile = join(dir, 'config.yaml');
+    writeFileSync(configFile, testConfigYaml(opts));
+    const env = {
+      TRAJSTORE__TRAINING__MAX_STEPS: '24',
+      TRAJSTORE__TRAINING__BATCH_SIZE: '1',
+      TRAJSTORE__TRAINING__PUBLISH_EVERY_STEPS: '3',
+      TRAJSTORE__CHECKPOINT__SAVE_EVERY_STEPS: '2',
+      // Only idle time closes the incomplete groups; the run must not wait on them.
+      TRAJSTORE__TRAINING__GROUP_TIMEOUT_S: '600',
+      // The groups are all sampled by version 0: keep them trainable while the versions advance.
+      TRAJSTORE__TRAINING__MAX_STALENESS: '100',
+    };
+    const rand = prng(7);
+    let kills = 0;
+    while (kills < KILLS) {
+      const run = startTrainer(configFile, env);
+      const outcome = await Promise.race([run.started.then(() => 'started' as const), run.exited.then(() => 'exited' as const)]);
+      if (outcome === 'exited') {
+        // Finished before we could kill it: all 24 steps are done; no more kills are possible.
+        assert.equal(await run.exited, 0, run.stderr().slice(-3000));
+        break;
+      }
+      await sleep(Math.floor(rand() * 2500));
+      run.child.kill('SIGKILL');
+      await run.exited;
+      kills++;
+    }
+    assert.equal(kills, KILLS, `the trainer finished before it was killed ${KILLS} times`);
+
+    const last = startTrainer(configFile, env);
+    const code = await last.exited;
+    assert.equal(code, 0, last.stderr().slice(-4000));
+
+    const ledger = readLedger(join(dir, 'out', 'ledger.jsonl'));
+    const seen = new Map<string, number>();
+    for (const line of ledger) for (const g of [...line.trained, ...Object.keys(line.dropped)]) seen.set(g, (seen.get(g) ?? 0) + 1);
+    const twice = [...seen].filter(([, n]) => n > 1);
+    assert.deepEqual(twice, [], 'no group decided twice');
+    const trained = ledger.flatMap((l) => l.trained);
+    assert.equal(trained.length, 24, 'every trainable group trained');
+    for (const g of complete) assert.ok(seen.has(g), `complete group ${g} was decided`);
+    const dropped = Object.fromEntries(ledger.flatMap((l) => Object.entries(l.dropped)));
+    assert.deepEqual(new Set(Object.keys(dropped)), equal);
+    assert.ok(Object.values(dropped).every((r) => r === 'equal_rewards'));
+    assert.deepEqual(ledger.filter((l) => l.trained.length > 0).map((l) => l.step), Array.from({ length: 24 }, (_, i) => i + 1), 'steps 1..24, each once');
+
+    // The newest checkpoint holds step 24 and version 8 (published every 3 steps).
+    const newest = listCheckpoints(join(dir, 'checkpoints'))[0]!;
+    const state = readTrainerState(newest.dir);
+    assert.equal(state.step, 24);
+    assert.equal(state.policy_version, 8);
+    // The run's consumer group holds the same offsets (committed after the checkpoint).
+    const admin = kafka.admin();
+    await admin.connect();
+    const committed = await admin.fetchOffsets({ groupId: trainerGroupId(runId), topics: [topic] });
+    await admin.disconnect();
+    const byPartition = Object.fromEntries(committed[0]!.partitions.filter((p) => p.offset !== '-1').map((p) => [String(p.partition), Number(p.offset)]));
+    assert.deepEqual(byPartition, Object.fromEntries(Object.entries(state.resume).map(([p, r]) => [p, r.offset])));
+    t.diagnostic(`killed ${kills} times; ledger lines ${ledger.length}`);
+  });
+});
