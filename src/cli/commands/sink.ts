@@ -34,7 +34,9 @@ export function registerSinkCommand(program: Command): void {
     .option('--no-progress', 'no progress bar (log lines instead)')
     .action(async (opts: SinkCommandOptions) => {
       const settings = loadSinkSettings(opts.config, opts.database);
-      const logger = createLogger('sink');
+      // Info lines would tear the progress bar apart; with the bar, only warnings (unless asked).
+      const showBar = opts.progress && Boolean(process.stderr.isTTY);
+      const logger = createLogger('sink', showBar && !process.env.TRAJSTORE_LOG_LEVEL ? { level: 'warn' } : {});
       const kafka = createKafka({ brokers: settings.kafka.brokers, clientId: `${settings.kafka.client_id}-sink` }, logger);
       const groupId = sinkGroupId(settings);
       const { topics } = settings.kafka;
@@ -43,7 +45,7 @@ export function registerSinkCommand(program: Command): void {
       const clickhouse = createClickHouse({ ...settings.clickhouse, database: undefined, requestTimeoutMs: 30_000 });
       const sink = createSink(settings, kafka, clickhouse, groupId, logger);
       const ranges = await partitionRanges(kafka, [topics.trajectories, topics.policy_versions, topics.trainer_metrics]);
-      const done = watchProgress(sink, ranges, opts, logger);
+      const done = watchProgress(sink, ranges, { ...opts, progress: showBar }, logger);
       const stop = async () => {
         await sink.stop();
         await clickhouse.close();
@@ -120,7 +122,7 @@ function watchProgress(sink: ClickHouseSink, ranges: PartitionRange[], opts: Sin
     }
     return { count: Number(count), caughtUp };
   };
-  const bar = opts.progress && process.stderr.isTTY
+  const bar = opts.progress
     ? new SingleBar({ format: 'sink |{bar}| {value}/{total} messages stored · {rate} msg/s · eta {eta_formatted}', hideCursor: true, stream: process.stderr })
     : undefined;
   const started = Date.now();
