@@ -23,21 +23,34 @@ import { groupEvents, prng, produceGroups, testConfig, testConfigYaml } from './
 
 const KILLS = Number(process.env.TRAJSTORE_TEST_KILLS ?? 10);
 
-function startTrainer(configFile: string, env: NodeJS.ProcessEnv): { child: ChildProcess; stderr: () => string; started: Promise<void>; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [join(projectRoot(), 'bin', 'trajstore.mjs'), 'train', '-c', configFile, '--resume'], {
+interface TrainerRun {
+  child: ChildProcess;
+  stderr: () => string;
+  /** Logged "training from the log": engine up, checkpoint loaded, reader open. */
+  started: Promise<void>;
+  /** Logged its first step. */
+  stepped: Promise<void>;
+  exited: Promise<number | null>;
+}
+
+function startTrainer(configFile: string, env: NodeJS.ProcessEnv): TrainerRun {
+  const child = spawn(process.execPath, [join(projectRoot(), 'bin', 'trajstore.mjs'), 'train', '-c', configFile, '--resume', '--stop-when-idle', '4'], {
     env: { ...process.env, ...env, TRAJSTORE_LOG_FORMAT: 'json', TRAJSTORE_LOG_LEVEL: 'info', KAFKAJS_NO_PARTITIONER_WARNING: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let err = '';
   let resolveStarted!: () => void;
+  let resolveStepped!: () => void;
   const started = new Promise<void>((r) => (resolveStarted = r));
+  const stepped = new Promise<void>((r) => (resolveStepped = r));
   child.stderr!.on('data', (d: Buffer) => {
     err += d.toString();
     if (err.includes('training from the log')) resolveStarted();
+    if (err.includes('"msg":"step"')) resolveStepped();
   });
   child.stdout!.resume();
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return { child, stderr: () => err, started, exited };
+  return { child, stderr: () => err, started, stepped, exited };
 }
 
 describe('crash and resume', () => {
@@ -60,22 +73,23 @@ describe('crash and resume', () => {
       await admin.disconnect();
     });
 
-    // 24 trainable groups (24 steps of 1), 3 with equal rewards (dropped), 2 whose producer died.
+    // 40 trainable groups (40 steps of 1), 3 with equal rewards (dropped), 2 whose producer died.
     const groups = [
-      ...Array.from({ length: 24 }, (_, i) => groupEvents({ runId, seed: i + 1 })),
+      ...Array.from({ length: 40 }, (_, i) => groupEvents({ runId, seed: i + 1 })),
       ...Array.from({ length: 3 }, (_, i) => groupEvents({ runId, seed: 100 + i, rewards: [1, 1] })),
       ...Array.from({ length: 2 }, (_, i) => groupEvents({ runId, seed: 200 + i, incomplete: true })),
     ];
     await produceGroups(kafka, topic, groups, true);
     const complete = groups.filter((g) => 'GroupCompleted' in g.at(-1)!.payload).map((g) => g[0]!.group_id);
-    const equal = new Set(groups.slice(24, 27).map((g) => g[0]!.group_id));
+    const equal = new Set(groups.slice(40, 43).map((g) => g[0]!.group_id));
 
     const configFile = join(dir, 'config.yaml');
     writeFileSync(configFile, testConfigYaml(opts));
     const env = {
-      TRAJSTORE__TRAINING__MAX_STEPS: '24',
+      // No step limit: each run drains the log and stops once idle, so every complete group is decided.
+      TRAJSTORE__TRAINING__MAX_STEPS: '1000',
       TRAJSTORE__TRAINING__BATCH_SIZE: '1',
-      TRAJSTORE__TRAINING__PUBLISH_EVERY_STEPS: '3',
+      TRAJSTORE__TRAINING__PUBLISH_EVERY_STEPS: '4',
       TRAJSTORE__CHECKPOINT__SAVE_EVERY_STEPS: '2',
       // Only idle time closes the incomplete groups; the run must not wait on them.
       TRAJSTORE__TRAINING__GROUP_TIMEOUT_S: '600',
@@ -86,9 +100,12 @@ describe('crash and resume', () => {
     let kills = 0;
     while (kills < KILLS) {
       const run = startTrainer(configFile, env);
-      const outcome = await Promise.race([run.started.then(() => 'started' as const), run.exited.then(() => 'exited' as const)]);
+      // Every third kill lands anywhere after start-up (reading, assembling, the first step);
+      // the others after the run's first step (steps, checkpoints, publishing), so runs make progress.
+      const after = kills % 3 === 0 ? run.started : run.stepped;
+      const outcome = await Promise.race([after.then(() => 'ready' as const), run.exited.then(() => 'exited' as const)]);
       if (outcome === 'exited') {
-        // Finished before we could kill it: all 24 steps are done; no more kills are possible.
+        // Drained the log before we could kill it: no more kills are possible.
         assert.equal(await run.exited, 0, run.stderr().slice(-3000));
         break;
       }
@@ -109,18 +126,18 @@ describe('crash and resume', () => {
     const twice = [...seen].filter(([, n]) => n > 1);
     assert.deepEqual(twice, [], 'no group decided twice');
     const trained = ledger.flatMap((l) => l.trained);
-    assert.equal(trained.length, 24, 'every trainable group trained');
+    assert.equal(trained.length, 40, 'every trainable group trained');
     for (const g of complete) assert.ok(seen.has(g), `complete group ${g} was decided`);
     const dropped = Object.fromEntries(ledger.flatMap((l) => Object.entries(l.dropped)));
     assert.deepEqual(new Set(Object.keys(dropped)), equal);
     assert.ok(Object.values(dropped).every((r) => r === 'equal_rewards'));
-    assert.deepEqual(ledger.filter((l) => l.trained.length > 0).map((l) => l.step), Array.from({ length: 24 }, (_, i) => i + 1), 'steps 1..24, each once');
+    assert.deepEqual(ledger.filter((l) => l.trained.length > 0).map((l) => l.step), Array.from({ length: 40 }, (_, i) => i + 1), 'steps 1..40, each once');
 
-    // The newest checkpoint holds step 24 and version 8 (published every 3 steps).
+    // The newest checkpoint holds step 40 and version 10 (published every 4 steps).
     const newest = listCheckpoints(join(dir, 'checkpoints'))[0]!;
     const state = readTrainerState(newest.dir);
-    assert.equal(state.step, 24);
-    assert.equal(state.policy_version, 8);
+    assert.equal(state.step, 40);
+    assert.equal(state.policy_version, 10);
     // The run's consumer group holds the same offsets (committed after the checkpoint).
     const admin = kafka.admin();
     await admin.connect();

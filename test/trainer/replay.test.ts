@@ -94,6 +94,6 @@ describe('replay', () => {
     assert.ok(seen.every((m) => m.num_groups === 2 && m.num_tokens === 40 && Number.isFinite(m.loss)));
     // The stale and equal-reward groups come between step 2's groups and step 3's: counted in step 3.
     assert.deepEqual(seen.map((m) => m.groups_dropped), [{}, {}, { stale: 2, equal_rewards: 1 }]);
-    assert.deepEqual(seen.map((m) => m.staleness_histogram), Array(3).fill([{ versions_behind: 0, groups: 2, tokens: 40 }]));
+    assert.deepEqual(JSON.parse(JSON.stringify(seen.map((m) => m.staleness_histogram))), Array(3).fill([{ versions_behind: 0, groups: 2, tokens: 40 }]));
   });
 });

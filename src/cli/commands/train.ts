@@ -12,7 +12,8 @@ export function registerTrainCommand(program: Command): void {
     .option('--resume', 'continue from the newest checkpoint under checkpoint.dir (a fresh start when there is none)')
     .option('--resume-from <dir>', 'continue from this checkpoint directory (step-NNNNNNNN)')
     .option('--max-steps <n>', 'override training.max_steps', (v) => Number.parseInt(v, 10))
-    .action(async (opts: { config: string; resume?: boolean; resumeFrom?: string; maxSteps?: number }) => {
+    .option('--stop-when-idle <seconds>', 'stop with a final checkpoint once no new event arrived for this long (drain a backlog, then exit)', Number.parseFloat)
+    .action(async (opts: { config: string; resume?: boolean; resumeFrom?: string; maxSteps?: number; stopWhenIdle?: number }) => {
       const config = loadConfig(opts.config);
       if (opts.maxSteps !== undefined && Number.isFinite(opts.maxSteps)) config.training.max_steps = opts.maxSteps;
       const logger = createLogger('trainer');
@@ -24,7 +25,10 @@ export function registerTrainCommand(program: Command): void {
       };
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
-      const result = await runStreamingTrainer({ config, resume: opts.resume, resumeFrom: opts.resumeFrom, logger, signal: stop.signal });
+      const result = await runStreamingTrainer({
+        config, resume: opts.resume, resumeFrom: opts.resumeFrom, logger, signal: stop.signal,
+        ...(opts.stopWhenIdle !== undefined && Number.isFinite(opts.stopWhenIdle) ? { stopWhenIdleMs: opts.stopWhenIdle * 1000 } : {}),
+      });
       console.log(JSON.stringify({ run: config.run.id, steps: result.steps, policy_version: result.policyVersion, resumed_from: result.resumedFrom, totals: result.totals }));
     });
 }

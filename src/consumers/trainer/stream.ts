@@ -23,6 +23,8 @@ export interface StreamOptions {
   resumeFrom?: string;
   logger: Logger;
   signal?: AbortSignal;
+  /** Stop (with a final checkpoint) once no record arrived for this long: drain a backlog, then exit. */
+  stopWhenIdleMs?: number;
 }
 
 export interface StreamResult {
@@ -112,10 +114,16 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
     await reader.open();
     logger.info({ run: runId, topic, step: core.step, max_steps: config.training.max_steps }, 'training from the log');
     let lastCatchUp = Date.now();
+    let quietSince = Date.now();
     while (!core.done && !opts.signal?.aborted) {
       const t0 = Date.now();
       const records = await reader.next(500);
       if (records.length === 0) idleMs += Date.now() - t0;
+      else quietSince = Date.now();
+      if (opts.stopWhenIdleMs !== undefined && Date.now() - quietSince >= opts.stopWhenIdleMs) {
+        logger.info({ idle_ms: Date.now() - quietSince }, 'no new records: stopping (--stop-when-idle)');
+        break;
+      }
       await core.ingest(records, topic);
       await core.expire();
       if (records.length === 0 && Date.now() - lastCatchUp > 5000) {
