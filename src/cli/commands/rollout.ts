@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { loadConfig } from '../../config/index.js';
 import { createKafka, ensureTopics } from '../../kafka/client.js';
 import { topicSpecs } from '../../kafka/topics.js';
@@ -8,10 +8,10 @@ import { createLogger } from '../../util/logger.js';
 
 interface RolloutFlags {
   config: string;
-  groups?: string;
-  graceS: string;
-  taskOffset?: string;
-  progressS: string;
+  groups?: number;
+  graceS: number;
+  taskOffset?: number;
+  progressS: number;
   evalOnly?: boolean;
 }
 
@@ -25,41 +25,57 @@ export function registerRolloutCommand(program: Command): void {
     .command('rollout')
     .description('run agents against the configured environment and write every turn to Kafka')
     .requiredOption('-c, --config <file>', 'YAML config')
-    .option('--groups <n>', 'stop after this many train groups (default: until SIGTERM)')
-    .option('--grace-s <seconds>', 'on SIGTERM, time running episodes get to finish before they are interrupted', '30')
-    .option('--task-offset <n>', 'index of the first train task (tasks are seeded by run.seed and their index)')
-    .option('--progress-s <seconds>', 'seconds between progress lines on stderr', '5')
+    .option('--groups <n>', 'stop after this many train groups (default: until SIGTERM)', positive)
+    .option('--grace-s <seconds>', 'on SIGTERM, time running episodes get to finish before they are interrupted', seconds, 30)
+    .option('--task-offset <n>', 'index of the first train task (tasks are seeded by run.seed and their index)', nonNegative)
+    .option('--progress-s <seconds>', 'seconds between progress lines on stderr', seconds, 5)
     .option('--eval-only', 'eval mode: run the held-out tasks (rollout.eval_tasks) against each new policy version, nothing to train on')
     .action(async (flags: RolloutFlags) => {
       const config = loadConfig(flags.config);
       const logger = createLogger('rollout');
-      const kafka = createKafka({ brokers: config.kafka.brokers, clientId: `${config.kafka.client_id}-rollout` }, logger);
-      await ensureTopics(kafka, topicSpecs(config));
+      // The environment first: a missing browser or GBOX_API_KEY is refused before anything starts.
       const environments = await createEnvironments(config, logger);
-      const worker = new RolloutWorker({
-        config, kafka, environments, logger,
-        maxGroups: flags.groups === undefined ? undefined : positive(flags.groups, '--groups'),
-        evalOnly: flags.evalOnly ?? false,
-        graceMs: Number(flags.graceS) * 1000,
-        taskOffset: flags.taskOffset === undefined ? undefined : Number(flags.taskOffset),
-        progressEveryMs: Number(flags.progressS) * 1000,
-        onProgress: (p) => process.stderr.write(`${formatProgress(p)}\n`),
-      });
-      const onSignal = (signal: NodeJS.Signals) => worker.stop(signal);
-      process.on('SIGTERM', onSignal);
-      process.on('SIGINT', onSignal);
       try {
-        await worker.run();
+        const kafka = createKafka({ brokers: config.kafka.brokers, clientId: `${config.kafka.client_id}-rollout` }, logger);
+        await ensureTopics(kafka, topicSpecs(config));
+        const worker = new RolloutWorker({
+          config, kafka, environments, logger,
+          maxGroups: flags.groups,
+          evalOnly: flags.evalOnly ?? false,
+          graceMs: flags.graceS * 1000,
+          taskOffset: flags.taskOffset,
+          progressEveryMs: Math.max(0.1, flags.progressS) * 1000,
+          onProgress: (p) => process.stderr.write(`${formatProgress(p)}\n`),
+        });
+        const onSignal = (signal: NodeJS.Signals) => worker.stop(signal);
+        process.on('SIGTERM', onSignal);
+        process.on('SIGINT', onSignal);
+        try {
+          await worker.run();
+        } finally {
+          process.off('SIGTERM', onSignal);
+          process.off('SIGINT', onSignal);
+        }
       } finally {
-        process.off('SIGTERM', onSignal);
-        process.off('SIGINT', onSignal);
         await environments.close();
       }
     });
 }
 
-function positive(text: string, flag: string): number {
+function positive(text: string): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got ${text}`);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+function nonNegative(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected an integer >= 0');
+  return n;
+}
+
+function seconds(text: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected seconds >= 0');
   return n;
 }
