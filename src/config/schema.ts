@@ -192,6 +192,27 @@ export const StorageSection = z
   })
   .strict();
 
+/** The HTTP API and dashboard (`trajstore api`). */
+export const ApiSection = z
+  .object({
+    host: z.string().min(1).default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535).default(8080),
+    /** Bearer token for mutating endpoints (replay jobs); unset: they answer 401 until one is set. */
+    token: z.string().min(16, 'use at least 16 characters').optional(),
+    /** Largest request body accepted (bytes); larger ones get 413. */
+    body_limit_bytes: positiveInt.default(1_048_576),
+    /** Requests per client (IP) per minute; more get 429. */
+    rate_limit_per_minute: positiveInt.default(600),
+    /** POST /sql: the most rows a query may return, and the server-side time limit. */
+    sql_max_rows: positiveInt.default(10_000),
+    sql_timeout_s: positiveInt.default(30),
+    /** Replay jobs running at once; a start beyond it gets 409. */
+    max_replay_jobs: positiveInt.default(1),
+    /** Where replay jobs keep their config and logs. */
+    jobs_dir: z.string().min(1).default('.trajstore/api/replay-jobs'),
+  })
+  .strict();
+
 export const TrajstoreConfigSchema = z
   .object({
     run: RunSection.default({ id: 'default', seed: 0 }),
@@ -205,6 +226,7 @@ export const TrajstoreConfigSchema = z
     clickhouse: ClickHouseSection.default(ClickHouseSection.parse({})),
     sink: SinkSection.default(SinkSection.parse({})),
     storage: StorageSection.default(StorageSection.parse({})),
+    api: ApiSection.default(ApiSection.parse({})),
   })
   .strict();
 
