@@ -43,9 +43,11 @@ function renderKpis(summary) {
     ['turns', num(summary.run.turns)],
     ['policy versions seen', `${summary.run.min_policy_version}–${summary.run.max_policy_version}`],
     ['adapters published', num(summary.published_versions)],
-    ['trainer step', summary.latest_step ? `${summary.latest_step.step} (loss ${summary.latest_step.loss.toFixed(4)})` : '–'],
+    ['trainer step', summary.latest_step ? num(summary.latest_step.step) : '–', summary.latest_step ? `loss ${summary.latest_step.loss.toFixed(4)}` : 'not trained yet'],
   ];
-  document.getElementById('kpis').innerHTML = items.map(([l, v]) => `<div class="kpi"><div class="label">${l}</div><div class="value">${v}</div></div>`).join('');
+  document.getElementById('kpis').innerHTML = items
+    .map(([l, v, note]) => `<div class="kpi"><div class="label">${l}</div><div class="value">${v}</div>${note ? `<div class="note">${note}</div>` : ''}</div>`)
+    .join('');
 }
 
 function renderVersions(summary) {
@@ -95,22 +97,38 @@ function renderEpisodeCounts(summary) {
   }, rows.length > 0, 'no finished episodes yet');
 }
 
+/** The API returns only buckets that hold events; quiet buckets are drawn as zeros so time stays linear. */
+function fillGaps(tp) {
+  if (tp.points.length === 0) return [];
+  const byTime = new Map(tp.points.map((p) => [p.t_ms, p]));
+  const out = [];
+  for (let t = tp.points[0].t_ms; t <= tp.points[tp.points.length - 1].t_ms; t += tp.bucket_ms) {
+    out.push(byTime.get(t) ?? { t_ms: t, events: 0, turns: 0, episodes: 0 });
+  }
+  return out;
+}
+
 function renderThroughput(tp) {
+  const points = fillGaps(tp);
   const seconds = tp.bucket_ms / 1000;
   document.getElementById('throughput-sub').textContent = `events, turns and finished episodes per ${seconds >= 60 ? `${seconds / 60} min` : `${seconds} s`}`;
   const label = (t) => new Date(t).toISOString().slice(11, seconds >= 60 ? 16 : 19);
   drawChart('chart-throughput', {
     type: 'line',
     data: {
-      labels: tp.points.map((p) => label(p.t_ms)),
+      labels: points.map((p) => label(p.t_ms)),
       datasets: [
-        { label: 'events', data: tp.points.map((p) => p.events), borderColor: COLORS.muted, backgroundColor: COLORS.muted, fill: false },
-        { label: 'turns', data: tp.points.map((p) => p.turns), borderColor: COLORS.accent, backgroundColor: COLORS.accent },
-        { label: 'episodes', data: tp.points.map((p) => p.episodes), borderColor: COLORS.ok, backgroundColor: COLORS.ok },
+        { label: 'events', data: points.map((p) => p.events), borderColor: COLORS.muted, backgroundColor: 'rgba(154,163,181,0.25)', fill: true },
+        { label: 'turns', data: points.map((p) => p.turns), borderColor: COLORS.accent, backgroundColor: COLORS.accent },
+        { label: 'episodes', data: points.map((p) => p.episodes), borderColor: COLORS.ok, backgroundColor: COLORS.ok },
       ],
     },
-    options: { scales: { y: { beginAtZero: true }, x: { title: { display: true, text: 'time (UTC)' } } } },
-  }, tp.points.length > 0, 'no events yet');
+    options: {
+      elements: { point: { radius: 0 }, line: { borderWidth: 1.5, tension: 0.25 } },
+      interaction: { mode: 'index', intersect: false },
+      scales: { y: { beginAtZero: true }, x: { title: { display: true, text: 'time (UTC)' }, ticks: { maxTicksLimit: 12 } } },
+    },
+  }, points.length > 0, 'no events yet');
 }
 
 function escapeHtml(s) {
