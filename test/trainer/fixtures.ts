@@ -35,6 +35,8 @@ export interface GroupSpec {
   purpose?: 'train' | 'eval';
   promptLen?: number;
   completionLen?: number;
+  /** Smallest token id used (ids are base .. base+119); past the vocabulary makes an invalid batch. */
+  tokenBase?: number;
   seed?: number;
 }
 
@@ -53,11 +55,12 @@ export function groupEvents(spec: GroupSpec): TrajectoryEvent[] {
       sampling: { temperature: 1, top_p: 1, top_k: null, max_tokens: 8, extra_json: null } } }, null, 0),
   ];
   const ids: string[] = [];
-  const prompt = Array.from({ length: spec.promptLen ?? 6 }, () => 3 + Math.floor(rand() * 120));
+  const base0 = spec.tokenBase ?? 3;
+  const prompt = Array.from({ length: spec.promptLen ?? 6 }, () => base0 + Math.floor(rand() * 120));
   for (let i = 0; i < size; i++) {
     const eid = randomUUID();
     ids.push(eid);
-    const completion = Array.from({ length: spec.completionLen ?? 4 }, () => 3 + Math.floor(rand() * 120));
+    const completion = Array.from({ length: spec.completionLen ?? 4 }, () => base0 + Math.floor(rand() * 120));
     out.push(ev({ EpisodeStarted: { episode_index: i, env_seed: i, env_instance_id: null } }, eid, 0));
     out.push(ev({ Turn: { turn_index: 0, model: 'tiny', prompt_token_ids: prompt, completion_token_ids: completion,
       completion_logprobs: completion.map(() => -Math.fround(1 + rand() * 4)), token_policy_versions: null, prompt_format: 'text', prompt: 'p', completion_text: 'c',

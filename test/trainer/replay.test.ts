@@ -44,6 +44,12 @@ describe('replay', () => {
     await produceGroups(kafka, topic, fresh.slice(0, 4), true);
     await produceGroups(kafka, topic, [...stale, equal, other], true);
     await produceGroups(kafka, topic, fresh.slice(4), true);
+    // Another source run: a group tokenized for another model (ids past the vocabulary) between two good ones.
+    await produceGroups(kafka, topic, [
+      groupEvents({ runId: `${source}-b`, seed: 80 }),
+      groupEvents({ runId: `${source}-b`, seed: 81, tokenBase: 1_000_000 }),
+      groupEvents({ runId: `${source}-b`, seed: 82 }),
+    ]);
   });
   after(async () => {
     const admin = kafka.admin();
@@ -61,6 +67,14 @@ describe('replay', () => {
     assert.equal(r.totals.groups_dropped_stale, 2);
     assert.equal(r.totals.groups_dropped_equal_rewards, 1);
     assert.ok(!existsSync(replayConfig(config, run).checkpoint.dir), 'no checkpoint written');
+  });
+
+  it('a batch the engine refuses drops its groups as invalid_batch, counted, and training goes on', { timeout: 300_000 }, async () => {
+    const c = { ...config, training: { ...config.training, batch_size: 1 } };
+    const r = await runReplay({ config: c, sourceRunId: `${source}-b`, runId: uniqueName('inv'), logger, progress: null });
+    assert.equal(r.steps, 2);
+    assert.equal(r.totals.groups_trained, 2);
+    assert.equal(r.totals.groups_dropped_invalid_batch, 1);
   });
 
   it('two replays of the same events end with the same adapter checksum, and the adapter was trained', { timeout: 600_000 }, async () => {

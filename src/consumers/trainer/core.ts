@@ -15,6 +15,7 @@ import type { Producer } from 'kafkajs';
 import type { TrajstoreConfig } from '../../config/index.js';
 import type { EngineClient } from '../../engine/client.js';
 import { writeBatchFile } from '../../engine/batch-file.js';
+import { EngineBatchError } from '../../engine/errors.js';
 import { buildDeadLetter, decodeTrajectoryEvent, encodeTrainerStepMetrics } from '../../schemas/index.js';
 import type { Logger } from '../../util/logger.js';
 import { LocalAdapterStore, type StoredAdapter } from './adapter-store.js';
@@ -77,8 +78,8 @@ export class TrainerCore {
   private readonly filter: FilterOptions;
   private readonly outDir: string;
   private lastPublishMs: number | null = null;
-  /** Groups a dry run would train, for its report. */
-  readonly dryRunGroups: TrainGroup[] = [];
+  /** What a dry run would train: groups, tokens, and groups by versions behind (no sequences kept). */
+  readonly dryRunPlan = { groups: 0, tokens: 0, staleness: {} as Record<string, number> };
 
   constructor(private readonly o: CoreOptions) {
     const c = o.config;
@@ -184,7 +185,7 @@ export class TrainerCore {
     this.batcher.add(res.group);
   }
 
-  private drop(group: AssembledGroup, reason: DropReason): void {
+  private drop(group: Pick<AssembledGroup, 'groupId' | 'first'>, reason: DropReason): void {
     this.pendingDrops[group.groupId] = reason;
     this.droppedSinceStep[reason] = (this.droppedSinceStep[reason] ?? 0) + 1;
     this.count(`groups_dropped_${reason}`, 1);
@@ -197,8 +198,12 @@ export class TrainerCore {
       const groups = this.batcher.take(flush);
       if (!groups) return;
       if (this.o.dryRun) {
-        this.dryRunGroups.push(...groups);
-        for (const g of groups) this.tracker.decide(g.groupId, g.first);
+        for (const g of groups) {
+          this.dryRunPlan.groups++;
+          this.dryRunPlan.tokens += g.tokens;
+          this.dryRunPlan.staleness[String(g.versionsBehind)] = (this.dryRunPlan.staleness[String(g.versionsBehind)] ?? 0) + 1;
+          this.tracker.decide(g.groupId, g.first);
+        }
         continue;
       }
       await this.trainStep(groups);
@@ -209,8 +214,19 @@ export class TrainerCore {
     const t0 = performance.now();
     const batchPath = join(this.outDir, 'batches', `step-${this.step + 1}.safetensors`);
     await writeBatchFile(batchPath, stepTensors(groups), { run_id: this.o.runId, step: String(this.step + 1) });
-    const reply = await this.engine().trainStep(batchPath, { policyVersion: this.currentVersion() });
-    rmSync(batchPath, { force: true });
+    let reply;
+    try {
+      reply = await this.engine().trainStep(batchPath, { policyVersion: this.currentVersion() });
+    } catch (err) {
+      // A batch the engine refuses (token ids outside the model's vocabulary: events from another
+      // model) would be refused again after every restart: drop its groups, counted, and go on.
+      if (!(err instanceof EngineBatchError)) throw err;
+      this.o.logger.error({ err: err.message, groups: groups.map((g) => g.groupId) }, 'the engine refused the batch; its groups are dropped as invalid_batch');
+      for (const g of groups) this.drop({ groupId: g.groupId, first: g.first }, 'invalid_batch');
+      return;
+    } finally {
+      rmSync(batchPath, { force: true });
+    }
     this.step++;
     for (const g of groups) this.tracker.decide(g.groupId, g.first);
     this.ledger.append({ step: this.step, policy_version: this.version, trained: groups.map((g) => g.groupId), dropped: this.takeDrops() });

@@ -23,7 +23,6 @@ import { TrainerError, TrainerErrorCode } from './errors.js';
 import { Progress } from './progress.js';
 import { VersionPublisher } from './publisher.js';
 import { LogReader, offsetsAtTime, topicWatermarks } from './source.js';
-import type { TrainGroup } from './types.js';
 
 export interface ReplayOptions {
   /** The config of the new run; its run.id is replaced by `runId`. */
@@ -157,17 +156,11 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
       runId: opts.runId, steps: core.step, policyVersion: core.version, adapterChecksum: adapter?.checksum ?? null,
       adapterDir: adapter?.dir ?? null, records, totals: core.totals,
     };
-    if (opts.dryRun) result.plan = dryRunPlan(core.dryRunGroups, config.training.batch_size);
+    if (opts.dryRun) result.plan = { ...core.dryRunPlan, steps: Math.ceil(core.dryRunPlan.groups / config.training.batch_size) };
     return result;
   } finally {
     progress.stop();
     await producer.disconnect().catch(() => undefined);
     await engine?.shutdown().catch(() => undefined);
   }
-}
-
-function dryRunPlan(groups: TrainGroup[], batchSize: number): NonNullable<ReplayResult['plan']> {
-  const staleness: Record<string, number> = {};
-  for (const g of groups) staleness[String(g.versionsBehind)] = (staleness[String(g.versionsBehind)] ?? 0) + 1;
-  return { groups: groups.length, tokens: groups.reduce((n, g) => n + g.tokens, 0), steps: Math.ceil(groups.length / batchSize), staleness };
 }

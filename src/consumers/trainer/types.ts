@@ -83,6 +83,6 @@ export type DropReason =
   | 'timeout'
   | 'evicted'
   | 'eval'
-  | 'max_steps';
+  | 'invalid_batch';
 
 export type EpisodeDropReason = 'error' | 'interrupted' | 'unfinished' | 'no_turns' | 'too_long' | 'no_reward';
