@@ -52,6 +52,10 @@ export class Dependencies {
     return { clickhouse, database, kafka, blobs };
   }
 
+  async listTopics(): Promise<Set<string>> {
+    return new Set(await this.withAdmin((a) => a.listTopics()));
+  }
+
   /** High and low watermarks of each partition of a topic. */
   async topicOffsets(topic: string): Promise<Array<{ partition: number; high: number; low: number }>> {
     const offsets = await this.withAdmin((a) => a.fetchTopicOffsets(topic));

@@ -94,13 +94,17 @@ GROUP BY run_id ORDER BY max(timestamp_ms) DESC LIMIT ${RUNS_IN_METRICS}`);
   private async fromKafka(deps: Dependencies): Promise<void> {
     const watermarks = await deps.sinkWatermarks().catch(() => []);
     const stored = new Map(watermarks.map((w) => [`${w.topic}/${w.partition}`, w.next_offset]));
+    // Only topics that exist: asking Kafka about a missing one makes kafkajs log errors at every scrape.
+    const existing = await deps.listTopics();
     this.g.sinkLag!.reset();
-    for (const topic of [deps.topics.trajectories, deps.topics.policyVersions, deps.topics.trainerMetrics]) {
+    this.g.deadLetters!.reset();
+    for (const topic of [deps.topics.trajectories, deps.topics.policyVersions, deps.topics.trainerMetrics].filter((t) => existing.has(t))) {
       for (const p of await deps.topicOffsets(topic)) {
         const next = stored.get(`${topic}/${p.partition}`) ?? p.low;
         this.g.sinkLag!.set({ topic, partition: String(p.partition) }, Math.max(0, p.high - next));
       }
     }
+    if (!existing.has(deps.topics.deadLetter)) return;
     const dead = await deps.topicOffsets(deps.topics.deadLetter);
     this.g.deadLetters!.set(dead.reduce((n, p) => n + p.high - p.low, 0));
   }

@@ -282,6 +282,16 @@ test('the API over a run stored by the sink', { timeout: 600_000 }, async (t) =>
     assert.match(metrics.body, /^trajstore_api_replay_jobs\{state="cancelled"\} 1$/m);
   });
 
+  await t.test('closing the API cancels the replay jobs still running', async () => {
+    const closing = await testApi(t, run, { token: TOKEN }, { modelPath: await ensureTinyModel() });
+    const started = await json(closing, 'POST', '/replay-jobs', { source_run: run.runId, run: 'replay-closed' }, auth);
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    const pid = started.body.pid as number;
+    await waitFor('the replay to start its engine', async () => groupMembers(pid).length >= 2, 60_000);
+    await closing.close();
+    assert.deepEqual(groupMembers(pid), [], 'no process of the job is left once close() returns');
+  });
+
   await t.test('metrics expose API, producer, trainer and sink figures', async () => {
     const res = await app.inject({ method: 'GET', url: '/metrics' });
     assert.equal(res.statusCode, 200);
