@@ -4,7 +4,12 @@
  * this folder run the same code against both.
  */
 import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/index.js';
+import { chooseCheckpoint } from '../../src/consumers/trainer/stream.js';
 import { GroupAssembler } from '../../src/consumers/trainer/assembler.js';
 import { StepBatcher, stepTensors } from '../../src/consumers/trainer/batcher.js';
 import { groupAdvantages, prepareGroup, stalenessWeight, type FilterOptions } from '../../src/consumers/trainer/filters.js';
@@ -238,5 +243,33 @@ describe('exactly-once offsets', () => {
     t.read(2, 41);
     t.decide('g', { partition: 2, offset: 30 });
     assert.deepEqual(t.snapshot([]).state, { '2': { offset: 42, done: [] } });
+  });
+});
+
+describe('choosing where to resume', () => {
+  function fakeCheckpoint(root: string, step: number, runId: string, complete = true): string {
+    const dir = join(root, `step-${String(step).padStart(8, '0')}`);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'trainer_state.json'), JSON.stringify({ metadata: { trainer: { format: 'trajstore-trainer', run_id: runId, step, topic: 'trajectories' } } }));
+    if (complete) writeFileSync(join(dir, 'MANIFEST.json'), '{}');
+    return dir;
+  }
+
+  it('a run with checkpoints refuses to start fresh; --resume takes the newest complete one; another run\'s checkpoint is refused', () => {
+    const root = mkdtempSync(join(tmpdir(), 'trajstore-choose-'));
+    try {
+      const config = parseConfig(`model: { name: m }\nrun: { id: r1 }\ncheckpoint: { dir: ${root} }`, 'test', {});
+      assert.equal(chooseCheckpoint(config, {}), null, 'no checkpoints: a fresh start');
+      fakeCheckpoint(root, 4, 'r1');
+      fakeCheckpoint(root, 6, 'r1');
+      fakeCheckpoint(root, 8, 'r1', false); // a save the crash interrupted
+      assert.throws(() => chooseCheckpoint(config, {}), { code: 'TRAJ_E_TRAINER_RUN_EXISTS' });
+      assert.equal(chooseCheckpoint(config, { resume: true })!.step, 6);
+      const other = fakeCheckpoint(join(root, 'x'), 2, 'r2');
+      assert.throws(() => chooseCheckpoint(config, { resumeFrom: other }), { code: 'TRAJ_E_TRAINER_CHECKPOINT' });
+      assert.throws(() => chooseCheckpoint(config, { resumeFrom: join(root, 'step-00000008') }), { code: 'TRAJ_E_TRAINER_CHECKPOINT' });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
