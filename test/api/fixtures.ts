@@ -4,7 +4,7 @@
  * produced to this test's own topics and stored by a real sink into this test's own database.
  * Success grows with the policy version, so the charts have a shape a test can check.
  */
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
@@ -59,6 +59,7 @@ export async function makeTestRun(t: TestContext): Promise<TestRun> {
   const topics = await sinkTopics(t, kafka);
   const { database, client } = await testDatabase(t);
   const dir = mkdtempSync(join(tmpdir(), 'trajstore-api-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const blobsDir = join(dir, 'blobs');
   const blobs = openBlobStore(blobsDir);
   const runId = uniqueName('run');
