@@ -18,6 +18,10 @@ phase_start=$SECONDS
 phase() { echo "== $1 (+$((SECONDS - phase_start)) s)"; }
 
 status=0
+# The engine's venv first: the TypeScript tests drive the engine and the CPU policy server too.
+phase "engine environment"
+bash engine/setup.sh
+
 if [[ $mode != engine ]]; then
   phase "type-check"
   npx --no-install tsc --noEmit -p tsconfig.json
@@ -40,7 +44,6 @@ fi
 
 if [[ $mode != node ]]; then
   phase "engine tests"
-  bash engine/setup.sh
   (cd engine && .venv/bin/python -m pytest tests -q -p no:cacheprovider) || status=$?
 fi
 
