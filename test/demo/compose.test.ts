@@ -142,7 +142,7 @@ test('the TRAJSTORE__ variables of the stack name real config fields and reach t
     assert.deepEqual(c.inference.api_bases, ['http://policy:8000/v1']);
     assert.equal(c.storage.adapters, '/data/adapters');
     assert.equal(c.checkpoint.dir, '/data/outputs/checkpoints');
-    if (service === 'trainer-cpu') assert.equal(c.model.path, '/data/models/demo-tiny-x8');
+    if (service === 'trainer-cpu') assert.equal(c.model.path, '/data/models/demo-tiny-x5');
   }
 });
 
