@@ -39,7 +39,7 @@ if [[ $mode != engine ]]; then
 
   phase "TypeScript tests"
   mapfile -t files < <(find test -name '*.test.ts' | sort)
-  node --import tsx --test --test-timeout=600000 "${files[@]}" || status=$?
+  node --import tsx --test --test-timeout=1200000 "${files[@]}" || status=$?
 fi
 
 if [[ $mode != node ]]; then
