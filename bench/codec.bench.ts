@@ -17,6 +17,7 @@
  */
 import { gzipSync } from 'node:zlib';
 import { decodeTrajectoryEvent, encodeTrajectoryEvent, newTrajectoryEvent, type TrajectoryEvent } from '../src/schemas/index.js';
+import { mulberry32 as prng } from '../src/util/random.js';
 
 const REPS = Number(process.env.BENCH_REPS ?? 7);
 const ROUND_MS = Number(process.env.BENCH_ROUND_MS ?? 400);
@@ -24,17 +25,6 @@ const PROMPT_TOKENS = 1024;
 const COMPLETION_TOKENS = 256;
 const VOCAB = 151_936; // Qwen3 tokenizer
 
-/** mulberry32: a seeded PRNG so every run benchmarks the same event. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const rand = prng(20251123);
 

@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createKafka, ensureTopics } from '../src/kafka/client.js';
 import { EventWriter } from '../src/producers/event-writer.js';
-import { mulberry32 } from '../src/producers/random.js';
+import { mulberry32 } from '../src/util/random.js';
 import { encodeTrajectoryEvent, newTrajectoryEvent, type TrajectoryEvent } from '../src/schemas/index.js';
 import { LocalServices, servicesOptionsFromEnv } from '../src/services/manager.js';
 import { createLogger } from '../src/util/logger.js';

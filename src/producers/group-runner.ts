@@ -19,7 +19,7 @@ import { Conversation } from './conversation.js';
 import type { EnvironmentFactory, Observation, RewardResult, TaskSpec } from './environment.js';
 import { describeFailure } from './errors.js';
 import type { PolicyClient, SamplingOptions } from './policy-client.js';
-import { hashSeed } from './random.js';
+import { hashSeed } from '../util/random.js';
 
 export interface EventSink {
   append(event: TrajectoryEvent): Promise<void>;

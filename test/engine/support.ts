@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { packBatch, type Batch, type SequenceInput } from '../../src/engine/batch-file.js';
 import { makeTinyModel } from '../../src/engine/client.js';
 import { ensureEngineVenv } from '../../src/inference/cpu-policy-server.js';
+import { mulberry32 as rng } from '../../src/util/random.js';
 
 /** engine/.venv (made by engine/setup.sh when missing) and a fresh tiny model; returns the scratch dir and model dir. */
 export async function setUpEngineScratch(name: string): Promise<{ scratch: string; modelDir: string }> {
@@ -14,17 +15,8 @@ export async function setUpEngineScratch(name: string): Promise<{ scratch: strin
   return { scratch, modelDir };
 }
 
-/** A small deterministic PRNG (mulberry32): the same batches on every run. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG (mulberry32): the same data on every run. */
+export { mulberry32 as rng } from '../../src/util/random.js';
 
 /**
  * `count` sequences of random tokens below `vocab`: a prompt (not trained) then a completion

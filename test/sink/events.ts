@@ -12,17 +12,10 @@ import {
   type TrajectoryEvent,
   type TrajectoryEventPayload,
 } from '../../src/schemas/index.js';
+import { mulberry32 as prng } from '../../src/util/random.js';
 
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG (mulberry32): the same data on every run. */
+export { mulberry32 as prng } from '../../src/util/random.js';
 
 export interface RunShape {
   runId: string;

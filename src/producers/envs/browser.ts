@@ -17,7 +17,7 @@ import type { Logger } from '../../util/logger.js';
 import { ACTION_HELP, actionRecord, MalformedActionError, parseAction, type ComputerAction } from '../actions.js';
 import type { Environment, EnvironmentFactory, Observation, ResetResult, RewardResult, Split, StepResult, TaskSpec } from '../environment.js';
 import { ProducerError } from '../errors.js';
-import { hashSeed } from '../random.js';
+import { hashSeed } from '../../util/random.js';
 import { BROWSER_FAMILIES, browserTaskParams, DESCRIBE_PAGE, renderTaskPage, VIEWPORT, type BrowserFamily, type BrowserTaskParams } from '../tasks/browser-pages.js';
 
 export interface BrowserEnvOptions {

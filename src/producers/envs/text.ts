@@ -18,7 +18,7 @@
  */
 import type { Environment, EnvironmentFactory, ResetResult, RewardResult, Split, StepResult, TaskSpec } from '../environment.js';
 import { ProducerError } from '../errors.js';
-import { hashSeed, mulberry32 } from '../random.js';
+import { hashSeed, mulberry32 } from '../../util/random.js';
 
 export const TEXT_FAMILIES = ['copy_digit', 'add', 'guess'] as const;
 export type TextFamily = (typeof TEXT_FAMILIES)[number];

@@ -14,7 +14,7 @@
  *   dropdown       open a dropdown, pick the named option, press Confirm
  *   tabs           switch to the named tab and press the named button in it
  */
-import { mulberry32, shuffle } from '../random.js';
+import { mulberry32, shuffle } from '../../util/random.js';
 
 export const BROWSER_FAMILIES = ['click_button', 'fill_form', 'checkboxes', 'dropdown', 'tabs'] as const;
 export type BrowserFamily = (typeof BROWSER_FAMILIES)[number];

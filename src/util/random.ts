@@ -1,5 +1,5 @@
 /**
- * Seeded randomness for task generation and page layouts: the same (seed, split, index) gives
+ * Seeded randomness (task generation, page layouts, test and benchmark data): the same (seed, split, index) gives
  * the same task on every machine, so a task id names the same task forever.
  */
 import { createHash } from 'node:crypto';
