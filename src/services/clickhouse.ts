@@ -72,10 +72,11 @@ export class ClickHouseService implements LocalService {
     log(`clickhouse: starting on ${this.url}`);
     // The server writes its own pid file; ours records the process we spawned, which is the server.
     spawnDaemon(SERVER_BINARY, [`--config-file=${this.configFile}`], { logFile: join(this.dir, 'logs', 'stdout.log'), pidFile: this.pidFile, cwd: this.dir });
-    const up = await waitUntil(() => this.healthy(), 60_000, () => {
+    // Usually up in seconds; a cold page cache after a machine's boot once took over 60 s.
+    const up = await waitUntil(() => this.healthy(), 180_000, () => {
       if (this.runningPid() === undefined) throw this.startError('exited during start-up', 'TRAJ_E_SERVICE_START');
     });
-    if (!up) throw this.startError('did not answer within 60 s', 'TRAJ_E_SERVICE_START');
+    if (!up) throw this.startError('did not answer within 180 s', 'TRAJ_E_SERVICE_START');
     return true;
   }
 

@@ -28,8 +28,8 @@ interface TrainerRun {
   stderr: () => string;
   /** Logged "training from the log": engine up, checkpoint loaded, reader open. */
   started: Promise<void>;
-  /** Logged its first step. */
-  stepped: Promise<void>;
+  /** Resolves once the run has logged `n` steps (0: once started). */
+  reachedStep: (n: number) => Promise<void>;
   exited: Promise<number | null>;
 }
 
@@ -40,17 +40,27 @@ function startTrainer(configFile: string, env: NodeJS.ProcessEnv): TrainerRun {
   });
   let err = '';
   let resolveStarted!: () => void;
-  let resolveStepped!: () => void;
   const started = new Promise<void>((r) => (resolveStarted = r));
-  const stepped = new Promise<void>((r) => (resolveStepped = r));
+  const waiters: { n: number; resolve: () => void }[] = [];
+  let steps = 0;
+  const settle = () => {
+    for (const w of waiters.filter((w) => steps >= w.n)) w.resolve();
+  };
   child.stderr!.on('data', (d: Buffer) => {
-    err += d.toString();
+    const text = d.toString();
+    err += text;
     if (err.includes('training from the log')) resolveStarted();
-    if (err.includes('"msg":"step"')) resolveStepped();
+    steps += text.split('"msg":"step"').length - 1;
+    settle();
   });
+  const reachedStep = (n: number) =>
+    n === 0 ? started : new Promise<void>((resolve) => {
+      waiters.push({ n, resolve });
+      settle();
+    });
   child.stdout!.resume();
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return { child, stderr: () => err, started, stepped, exited };
+  return { child, stderr: () => err, started, reachedStep, exited };
 }
 
 describe('crash and resume', () => {
@@ -100,16 +110,18 @@ describe('crash and resume', () => {
     let kills = 0;
     while (kills < KILLS) {
       const run = startTrainer(configFile, env);
-      // Every third kill lands anywhere after start-up (reading, assembling, the first step);
-      // the others after the run's first step (steps, checkpoints, publishing), so runs make progress.
-      const after = kills % 3 === 0 ? run.started : run.stepped;
+      // The kill lands up to 400 ms after start-up (reading, assembling, the first step), after
+      // the first step or after the second (steps, checkpoints, publishing). Counting steps, not
+      // seconds, bounds each run's progress to about two steps on any machine, so 10 kills
+      // always land before the 40 steps are done, however fast the machine is.
+      const after = run.reachedStep(kills % 3);
       const outcome = await Promise.race([after.then(() => 'ready' as const), run.exited.then(() => 'exited' as const)]);
       if (outcome === 'exited') {
         // Drained the log before we could kill it: no more kills are possible.
         assert.equal(await run.exited, 0, run.stderr().slice(-3000));
         break;
       }
-      await sleep(Math.floor(rand() * 2500));
+      await sleep(Math.floor(rand() * 400));
       run.child.kill('SIGKILL');
       await run.exited;
       kills++;

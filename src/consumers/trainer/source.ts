@@ -112,12 +112,22 @@ export class LogReader {
  * commits only inform monitoring (a resume reads the offsets from the checkpoint itself), so the
  * training loop does not wait for them. Latest wins: offsets that arrive while a commit runs
  * replace any not yet started.
+ *
+ * setOffsets refuses while the group has members. A trainer killed during a commit leaves its
+ * short-lived consumer in the group until the broker's session timeout (30 s) expires it, so a
+ * refused commit is retried every `retryMs` for up to `retryForMs`, unless newer offsets come.
  */
 export class OffsetCommitter {
   private pending: Map<number, number> | null = null;
   private running: Promise<void> | null = null;
 
-  constructor(private readonly kafka: Kafka, private readonly groupId: string, private readonly topic: string, private readonly logger: Logger) {}
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly groupId: string,
+    private readonly topic: string,
+    private readonly logger: Logger,
+    private readonly retry = { retryMs: 2000, retryForMs: 60_000 },
+  ) {}
 
   commit(offsets: Map<number, number>): void {
     if (offsets.size === 0) return;
@@ -125,26 +135,42 @@ export class OffsetCommitter {
     if (!this.running) this.running = this.drain();
   }
 
-  /** Waits for the newest offsets handed in to be committed. */
+  /** Waits for the newest offsets handed in to be committed (or given up on). */
   async flush(): Promise<void> {
     while (this.running) await this.running;
   }
 
   private async drain(): Promise<void> {
+    let failingSince: number | null = null;
     while (this.pending) {
       const offsets = this.pending;
       this.pending = null;
-      const admin = this.kafka.admin();
       try {
-        await admin.connect();
-        await admin.setOffsets({ groupId: this.groupId, topic: this.topic, partitions: [...offsets].map(([partition, offset]) => ({ partition, offset: String(offset) })) });
+        await this.setOffsets(offsets);
+        failingSince = null;
       } catch (err) {
-        this.logger.warn({ group: this.groupId, err: String(err) }, 'could not commit offsets to the run group (monitoring only; resume uses the checkpoint)');
-      } finally {
-        await admin.disconnect().catch(() => undefined);
+        failingSince ??= Date.now();
+        if (Date.now() - failingSince >= this.retry.retryForMs) {
+          this.logger.warn({ group: this.groupId, err: String(err) }, 'could not commit offsets to the run group (monitoring only; resume uses the checkpoint)');
+          failingSince = null;
+          continue;
+        }
+        this.logger.debug({ group: this.groupId, err: String(err) }, 'offset commit refused; retrying');
+        await new Promise((r) => setTimeout(r, this.retry.retryMs));
+        this.pending ??= offsets;
       }
     }
     this.running = null;
+  }
+
+  private async setOffsets(offsets: Map<number, number>): Promise<void> {
+    const admin = this.kafka.admin();
+    try {
+      await admin.connect();
+      await admin.setOffsets({ groupId: this.groupId, topic: this.topic, partitions: [...offsets].map(([partition, offset]) => ({ partition, offset: String(offset) })) });
+    } finally {
+      await admin.disconnect().catch(() => undefined);
+    }
   }
 }
 

@@ -108,7 +108,11 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
       idleClock: () => idleMs,
       onCheckpoint: async (offsets) => committer.commit(offsets),
     });
-    if (ckpt) await core.republishAfterResume(ckpt);
+    if (ckpt) {
+      await core.republishAfterResume(ckpt);
+      // The killed run may not have committed this checkpoint's offsets; they are the truth now.
+      committer.commit(new Map(Object.entries(ckpt.state.resume).map(([p, r]) => [Number(p), r.offset])));
+    }
 
     reader = new LogReader(kafka, { topic, start: core.resumeOffsets, groupPrefix: `${trainerGroupId(runId)}-reader`, logger });
     await reader.open();
