@@ -12,13 +12,13 @@ const { values } = parseArgs({
     seed: { type: 'string', default: process.env.DEMO_SEED ?? '0' },
     config: { type: 'string', short: 'c', default: 'configs/demo.yaml' },
     'status-every': { type: 'string', default: '10' },
-    'output-scale': { type: 'string', default: '5' },
+    'output-scale': { type: 'string', default: '8' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 
 if (values.help) {
-  console.log('npm run demo -- [--minutes 10] [--seed 0] [--config configs/demo.yaml] [--status-every 10] [--output-scale 5]');
+  console.log('npm run demo -- [--minutes 10] [--seed 0] [--config configs/demo.yaml] [--status-every 10] [--output-scale 8]');
   process.exit(0);
 }
 

@@ -77,6 +77,8 @@ export const TrainingSection = z
     max_tokens_per_step: nonNegativeInt.default(0),
     output_dir: z.string().min(1).default('outputs/grpo'),
     eval_steps: nonNegativeInt.default(0),
+    /** GPUs the engine trains on; > 1 runs it under torchrun with FSDP2 across them (one node). */
+    num_gpus: positiveInt.default(1),
   })
   .strict()
   .refine((t) => t.clip_low < 1, { message: 'clip_low must be below 1', path: ['clip_low'] });

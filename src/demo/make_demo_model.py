@@ -9,7 +9,7 @@ same as a lower softmax temperature at the head: the hidden states, the residual
 what LoRA can change stay exactly as they were, but a learned direction can now make one token
 near-certain (a pretrained LM has this range; a random init of this size does not).
 
-    engine/.venv/bin/python src/demo/make_demo_model.py OUT_DIR [--seed 0] [--output-scale 5]
+    engine/.venv/bin/python src/demo/make_demo_model.py OUT_DIR [--seed 0] [--output-scale 8]
 
 Deterministic: the same seed and scale give the same bytes. Prints the directory and the
 highest probability a single token can reach (the ceiling argued above).
@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--output-scale", type=float, default=5.0)
+    ap.add_argument("--output-scale", type=float, default=8.0)
     args = ap.parse_args()
 
     import torch

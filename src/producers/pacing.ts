@@ -15,7 +15,11 @@
  * v and the trainer's step come from the log (TrainerProgress). k is estimated as the groups the
  * trainer had already consumed when this producer started (its step × batch_size) plus the train
  * groups started since, times the number of producers sharing the run. Eval groups are never
- * trained and are not counted.
+ * trained and are not counted, and neither are finished groups the trainer will drop without a
+ * step (all rewards equal, fewer than two rewarded episodes, aborted: `onUntrainable`): versions
+ * advance only on trained groups, so counting those would make the producer wait for a version
+ * the trainer never reaches, while the trainer waits for groups (a deadlock on any task the policy
+ * mostly fails or mostly solves).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -66,6 +70,11 @@ export class StalenessPacer {
   onStarted(): void {
     this.nextIndex();
     this.started++;
+  }
+
+  /** Call when a started train group finished in a shape the trainer drops: it frees its slot. */
+  onUntrainable(): void {
+    this.started = Math.max(0, this.started - 1);
   }
 
   /**

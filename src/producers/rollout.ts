@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import PQueue from 'p-queue';
 import type { Kafka } from 'kafkajs';
 import type { TrajstoreConfig } from '../config/index.js';
+import { groupAdvantages } from '../consumers/trainer/filters.js';
 import type { ChatCompletionResponse } from '../inference/vllm-api.js';
 import type { Logger } from '../util/logger.js';
 import type { EnvironmentFactory, TaskSpec } from './environment.js';
@@ -254,6 +255,7 @@ export class RolloutWorker {
     const s = this.stats;
     if (outcome.purpose === 'train') {
       s.groupsDone++;
+      if (!trainable(outcome)) this.pacer.onUntrainable();
       for (const e of outcome.episodes) {
         s.episodesDone++;
         if (e.reward !== null) {
@@ -284,6 +286,16 @@ export class RolloutWorker {
     this.evalResults.set(version, { version, episodes: 0, successes: 0, rewardMean: 0, groupsLeft: n, rewardSum: 0 });
     for (let i = 0; i < n; i++) this.evalQueue.push({ task: this.opts.environments.task('eval', i), version });
   }
+}
+
+/**
+ * Whether the trainer can train this group: complete, at least two rewarded episodes that did not
+ * error, and rewards that differ (the trainer's own filter, `groupAdvantages`, decides).
+ */
+function trainable(outcome: GroupOutcome): boolean {
+  if (outcome.status !== 'complete') return false;
+  const rewards = outcome.episodes.filter((e) => e.status !== 'error' && e.status !== 'interrupted' && e.reward !== null).map((e) => e.reward!);
+  return rewards.length >= 2 && groupAdvantages(rewards, false) !== null;
 }
 
 function aborted(signal: AbortSignal): Promise<void> {

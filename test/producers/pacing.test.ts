@@ -38,6 +38,16 @@ describe('staleness pacing', () => {
     assert.equal(off.budget(), Number.POSITIVE_INFINITY, 'off means free running');
   });
 
+  test('a finished group the trainer will drop frees its slot, so the producer never waits for a version that cannot come', () => {
+    const pacer = new StalenessPacer({ enabled: true, maxStaleness: 1, batchSize: 2, publishEverySteps: 1, producers: 1 }, progress(0, 0));
+    while (pacer.canStart()) pacer.onStarted();
+    assert.equal(pacer.budget(), 0, '(0 + 1 + 1) × 2 groups started');
+    // Every one of them failed on all episodes: equal rewards, dropped, no step, no new version.
+    pacer.onUntrainable();
+    pacer.onUntrainable();
+    assert.equal(pacer.budget(), 2, 'dropped groups do not count against the bound');
+  });
+
   test('a restarted producer counts what the trainer already consumed, and producers share the budget', () => {
     // Trainer at step 40 (version 40): 40 × 2 groups consumed; bound (40 + 1 + 1) × 2 = 84.
     const restarted = new StalenessPacer({ enabled: true, maxStaleness: 1, batchSize: 2, publishEverySteps: 1, producers: 1 }, progress(40, 40));

@@ -50,8 +50,9 @@ export function registerSinkCommand(program: Command): void {
         await sink.stop();
         await clickhouse.close();
       };
-      process.once('SIGINT', () => void stop().then(() => process.exit(130)));
-      process.once('SIGTERM', () => void stop().then(() => process.exit(143)));
+      // A signal is the normal way to end a sink: a clean stop (offsets committed) exits 0.
+      process.once('SIGINT', () => void stop().then(() => process.exit(0)));
+      process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
       await sink.start();
       await done;
       await stop();
@@ -127,12 +128,15 @@ function watchProgress(sink: ClickHouseSink, ranges: PartitionRange[], opts: Sin
     : undefined;
   const started = Date.now();
   let lastLog = 0;
+  let loggedCaughtUp = false;
   return new Promise<void>((resolve) => {
     const update = () => {
       const { count, caughtUp } = stored();
       const rate = Math.round(sink.stats.messages / Math.max(0.001, (Date.now() - started) / 1000));
       if (bar) bar.update(count, { rate });
-      else if (Date.now() - lastLog > 5000 || caughtUp) {
+      else if (Date.now() - lastLog > 5000 || (caughtUp && !loggedCaughtUp)) {
+        // Every 5 s, and once when caught up (not on every tick while it stays so).
+        loggedCaughtUp = caughtUp;
         lastLog = Date.now();
         logger.info({ stored: count, total, rate, dead_letters: sink.stats.deadLetters }, 'sink progress');
       }

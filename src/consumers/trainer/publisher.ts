@@ -1,8 +1,10 @@
 /**
- * Publishing a version: the adapter is already immutable in the store; this writes the
- * `policy.versions` event, then loads the adapter on every policy server under `<run>-v<N>`
- * (vLLM's POST /v1/load_lora_adapter) and unloads versions beyond the window, so a server's
- * --max-loras is never exceeded. A server that cannot be reached is marked behind and catches up
+ * Publishing a version: the adapter is already immutable in the store; this loads it on every
+ * policy server under `<run>-v<N>` (vLLM's POST /v1/load_lora_adapter), unloads versions beyond
+ * the window, so a server's --max-loras is never exceeded, and then writes the `policy.versions`
+ * event. Servers first: producers switch to a version as soon as its event arrives, and a server
+ * that had not loaded it yet would answer 404 and fail their episodes. A crash between the loads
+ * and the event is repaired on resume (`TrainerCore.republishAfterResume`). A server that cannot be reached is marked behind and catches up
  * on the newest version (only that one) whenever `catchUp` runs: after every step and on the
  * trainer's idle timer. Producers follow `policy.versions` and switch for new episodes.
  */
@@ -52,7 +54,7 @@ export class VersionPublisher {
     this.servers = opts.apiBases.map((base) => ({ api: policyApi(base, { timeoutMs: opts.requestTimeoutMs }), loaded: [], behind: false }));
   }
 
-  /** The version event first (the durable record), then the servers; returns per-server load times. */
+  /** The servers first, then the version event (see the module comment); returns per-server load times. */
   async publish(v: PublishedVersion): Promise<{ event: PolicyVersion; loadMs: Array<number | null> }> {
     const event: PolicyVersion = {
       run_id: this.opts.runId,
@@ -67,13 +69,13 @@ export class VersionPublisher {
       metrics: v.metrics,
       created_at: Date.now(),
     };
+    this.latest = v.adapter;
+    for (const s of this.servers) s.behind = true;
+    const loadMs = await Promise.all(this.servers.map((s) => this.bringUpToDate(s)));
     await this.opts.producer.send({
       topic: this.opts.topic,
       messages: [{ key: `${this.opts.runId}/${v.adapter.version}`, value: encodePolicyVersion(event) }],
     });
-    this.latest = v.adapter;
-    for (const s of this.servers) s.behind = true;
-    const loadMs = await Promise.all(this.servers.map((s) => this.bringUpToDate(s)));
     return { event, loadMs };
   }
 

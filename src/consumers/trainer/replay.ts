@@ -12,6 +12,7 @@
  * still open are closed (their remaining events lie outside the range).
  */
 import { join, resolve } from 'node:path';
+import { Partitioners } from 'kafkajs';
 import type { TrajstoreConfig } from '../../config/index.js';
 import { createKafka, ensureTopics } from '../../kafka/client.js';
 import { topicSpecs } from '../../kafka/topics.js';
@@ -108,7 +109,7 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
   }
 
   const engine = opts.dryRun ? null : await startEngine(config, logger);
-  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
   const progress = new Progress(opts.progress === undefined ? process.stderr : opts.progress, total, 'replay');
   try {
     await producer.connect();

@@ -6,6 +6,7 @@
  * newest under checkpoint.dir (a fresh start when there is none); neither, on a run that already
  * has checkpoints, is an error rather than a silent second training of the same groups.
  */
+import { Partitioners } from 'kafkajs';
 import type { TrajstoreConfig } from '../../config/index.js';
 import { createKafka, ensureTopics } from '../../kafka/client.js';
 import { topicSpecs } from '../../kafka/topics.js';
@@ -82,7 +83,7 @@ export async function runStreamingTrainer(opts: StreamOptions): Promise<StreamRe
   await ensureTopics(kafka, topicSpecs(config));
 
   const engine = await startEngine(config, logger);
-  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
   let reader: LogReader | null = null;
   let idleMs = 0;
   const committer = new OffsetCommitter(kafka, trainerGroupId(runId), topic, logger);

@@ -29,6 +29,12 @@ export interface TextEnvOptions {
   digits: number;
   /** Reward for a reply that contains a digit at all (shaping). */
   formatReward: number;
+  /**
+   * Reward added when the answer is a wrong digit (-1..0). Negative, it tells "wrong" from "no
+   * answer": a policy that always answers the same digit then gets a signal from the groups of
+   * the other answers, where otherwise every reward would be equal and the group dropped.
+   */
+  wrongDigitReward: number;
 }
 
 const SYSTEM = 'You are a helpful assistant. Answer with a single digit.';
@@ -40,16 +46,18 @@ export function textEnvOptions(raw: Record<string, unknown>): TextEnvOptions {
   const families = (raw.families ?? ['copy_digit']) as unknown;
   const digits = raw.digits ?? 10;
   const formatReward = raw.format_reward ?? 0.1;
+  const wrongDigitReward = raw.wrong_digit_reward ?? 0;
   const bad = (what: string) => new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${what}`, {
-    hint: `text tasks take families (${TEXT_FAMILIES.join(', ')}), digits (2-10) and format_reward (0-1)`,
+    hint: `text tasks take families (${TEXT_FAMILIES.join(', ')}), digits (2-10), format_reward (0-1) and wrong_digit_reward (-1-0)`,
   });
   if (!Array.isArray(families) || families.length === 0 || !families.every((f) => (TEXT_FAMILIES as readonly string[]).includes(f))) {
     throw bad(`families must be a non-empty list of ${TEXT_FAMILIES.join(', ')}`);
   }
   if (typeof digits !== 'number' || !Number.isInteger(digits) || digits < 2 || digits > 10) throw bad('digits must be an integer 2-10');
   if (typeof formatReward !== 'number' || formatReward < 0 || formatReward > 1) throw bad('format_reward must be 0-1');
-  for (const key of Object.keys(raw)) if (!['families', 'digits', 'format_reward'].includes(key)) throw bad(`${key} is not a text-task option`);
-  return { families: families as TextFamily[], digits, formatReward };
+  if (typeof wrongDigitReward !== 'number' || wrongDigitReward < -1 || wrongDigitReward > 0) throw bad('wrong_digit_reward must be -1-0');
+  for (const key of Object.keys(raw)) if (!['families', 'digits', 'format_reward', 'wrong_digit_reward'].includes(key)) throw bad(`${key} is not a text-task option`);
+  return { families: families as TextFamily[], digits, formatReward, wrongDigitReward };
 }
 
 /** The first digit character in the reply, or null. */
@@ -107,6 +115,7 @@ class TextEnvironment implements Environment {
   private answered = false;
   private turns = 0;
   private turnsWithDigit = 0;
+  private lastGuess: number | null = null;
 
   constructor(private readonly options: TextEnvOptions) {}
 
@@ -115,6 +124,7 @@ class TextEnvironment implements Environment {
     this.answer = Number(task.params.answer);
     this.solved = this.answered = false;
     this.turns = this.turnsWithDigit = 0;
+    this.lastGuess = null;
     return { system: SYSTEM, observation: { text: String(task.params.prompt) } };
   }
 
@@ -123,6 +133,7 @@ class TextEnvironment implements Environment {
     this.turns++;
     const guess = readDigit(reply);
     if (guess !== null) this.turnsWithDigit++;
+    this.lastGuess = guess;
     const action = guess === null ? null : { type: 'answer', args_json: JSON.stringify({ digit: guess }) };
     const parseError = guess === null ? 'no digit in the reply' : null;
     if (task.family !== 'text.guess') {
@@ -142,9 +153,11 @@ class TextEnvironment implements Environment {
   async reward(): Promise<RewardResult> {
     const format = this.turns > 0 ? this.turnsWithDigit / this.turns : 0;
     const correct = this.solved ? 1 : 0;
+    // The episode's last answer decides: a wrong digit, not silence, earns the penalty.
+    const wrong = !this.solved && this.lastGuess !== null ? 1 : 0;
     return {
-      value: correct + this.options.formatReward * format,
-      components: { correct, format },
+      value: correct + this.options.formatReward * format + this.options.wrongDigitReward * wrong,
+      components: { correct, format, wrong },
       success: this.solved,
       source: 'rule:digit_match',
     };
