@@ -109,8 +109,10 @@ async function watch(children: Child[], reader: DemoReader, opts: DemoOptions, s
   const onSigint = () => {
     interrupted = true;
   };
-  process.once('SIGINT', onSigint);
-  process.once('SIGTERM', onSigint);
+  // `on`, not `once`: a Ctrl-C can arrive twice (the terminal's, and the one tsx relays to its
+  // child); the second one must not find the default handler and kill the demo before it cleans up.
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
   let previous: Snapshot | undefined;
   try {
     while (true) {
@@ -153,7 +155,9 @@ export function statusLine(snap: Snapshot, previous: Snapshot | undefined, start
 async function shutdown(children: Child[], server: CpuPolicyServer, reader: DemoReader): Promise<void> {
   const byName = (n: string) => children.find((c) => c.name === n)!;
   const ignore = () => undefined;
-  process.on('SIGINT', ignore); // a second Ctrl-C must not kill the demo halfway through its cleanup
+  // A second Ctrl-C (or a SIGTERM) must not kill the demo halfway through its cleanup.
+  process.on('SIGINT', ignore);
+  process.on('SIGTERM', ignore);
   try {
     say(`  producer exited ${await byName('producer').stop(30_000)}`);
     say(`  trainer exited ${await byName('trainer').stop(90_000)}`);
@@ -163,6 +167,7 @@ async function shutdown(children: Child[], server: CpuPolicyServer, reader: Demo
     say('  policy server stopped');
   } finally {
     process.removeListener('SIGINT', ignore);
+    process.removeListener('SIGTERM', ignore);
   }
 }
 
