@@ -10,8 +10,11 @@ import { mkdirSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { createClickHouse } from '../clickhouse/client.js';
 import { loadConfig } from '../config/index.js';
+import { createKafka, ensureTopics } from '../kafka/client.js';
+import { topicSpecs } from '../kafka/topics.js';
 import { startCpuPolicyServer, type CpuPolicyServer } from '../inference/cpu-policy-server.js';
 import { projectRoot } from '../services/paths.js';
+import { createLogger } from '../util/logger.js';
 import { noteworthy, spawnTrajstore, type Child } from './children.js';
 import { DemoError } from './errors.js';
 import { databaseFor, makeRunId, writeRunConfig } from './run-config.js';
@@ -64,6 +67,10 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const { file, config } = writeRunConfig({ baseConfig: opts.config, runId, seed: opts.seed, runDir, apiBase: `${server.baseUrl}/v1`, modelDir });
   const database = config.clickhouse.database;
   const reader = new DemoReader(createClickHouse({ ...config.clickhouse, database: undefined, requestTimeoutMs: 30_000 }), database, runId);
+  // Created here, once: the three children would otherwise race to create them, and kafkajs logs
+  // the loser's TOPIC_ALREADY_EXISTS at error level.
+  const kafkaLogger = createLogger('demo', { level: 'warn' });
+  await ensureTopics(createKafka({ brokers: config.kafka.brokers, clientId: `${config.kafka.client_id}-demo` }, kafkaLogger), topicSpecs(config));
   const started = Date.now();
   const children = startChildren(file, database, join(runDir, 'logs'));
   say(`running: sink, trainer, producer (logs: ${relative(root, join(runDir, 'logs'))}/*.log); Ctrl-C stops early`);

@@ -4,9 +4,10 @@
  * the window, so a server's --max-loras is never exceeded, and then writes the `policy.versions`
  * event. Servers first: producers switch to a version as soon as its event arrives, and a server
  * that had not loaded it yet would answer 404 and fail their episodes. A crash between the loads
- * and the event is repaired on resume (`TrainerCore.republishAfterResume`). A server that cannot be reached is marked behind and catches up
- * on the newest version (only that one) whenever `catchUp` runs: after every step and on the
- * trainer's idle timer. Producers follow `policy.versions` and switch for new episodes.
+ * and the event is repaired on resume (`TrainerCore.republishAfterResume`). A server that cannot
+ * be reached is marked behind and catches up on the newest version (only that one) whenever
+ * `catchUp` runs: after every step and on the trainer's idle timer. Producers follow
+ * `policy.versions` and switch for new episodes.
  */
 import type { Producer } from 'kafkajs';
 import { PolicyApiError, policyApi, type PolicyApi } from '../../inference/vllm-api.js';
