@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { startCpuPolicyServer, type CpuPolicyServer } from '../../src/inference/cpu-policy-server.js';
+import type { Environment, EnvironmentFactory, Split, TaskSpec } from '../../src/producers/environment.js';
 import { TextTasks, textEnvOptions } from '../../src/producers/envs/text.js';
 import { StalenessPacer } from '../../src/producers/pacing.js';
 import { RolloutWorker } from '../../src/producers/rollout.js';
@@ -78,11 +79,12 @@ describe('staleness pacing', () => {
         training: { batch_size: 1, publish_every_steps: 1, max_staleness: 0 },
         rollout: { staleness_pacing: true, num_rollouts: 2, max_turns: 1, concurrency: 2, eval_tasks: 2, eval_temperature: 0, env_options: { families: ['copy_digit', 'add'] } },
       });
-      const worker = new RolloutWorker({ config, kafka, logger, maxGroups: 3, environments: new TextTasks(5, textEnvOptions(config.rollout.env_options)) });
+      const environments = new TrainableGroups(new TextTasks(5, textEnvOptions(config.rollout.env_options)));
+      const worker = new RolloutWorker({ config, kafka, logger, maxGroups: 3, environments });
       const done = worker.run();
 
       const trainGroups = (es: Awaited<ReturnType<typeof readTopic>>) => es.filter((e) => payloadAs(e.event, 'GroupStarted') && e.event.purpose === 'train').length;
-      // Budget (0 + 0 + 1) × 1 = 1 train group; it completes, and pacing holds the next.
+      // Budget (0 + 0 + 1) × 1 = 1 train group; it completes (trainable), and pacing holds the next.
       let events = await readTopic(kafka, topics.trajectories, (es) => countKind(es, 'GroupCompleted') >= 3, 60_000);
       await sleep(1_500);
       events = await readTopic(kafka, topics.trajectories, () => false, 1_500);
@@ -127,6 +129,41 @@ describe('staleness pacing', () => {
     });
   });
 });
+
+/**
+ * The text tasks with rewards 0, 1, 0, ... for a task's successive episodes: every group is one
+ * the trainer would train, so pacing holds it (a group with equal rewards frees its slot at once).
+ */
+class TrainableGroups implements EnvironmentFactory {
+  readonly name = 'text';
+  private readonly episodesOf = new Map<string, number>();
+
+  constructor(private readonly inner: TextTasks) {}
+
+  task(split: Split, index: number): TaskSpec {
+    return this.inner.task(split, index);
+  }
+
+  async create(): Promise<Environment> {
+    const env = await this.inner.create();
+    let value = 0;
+    return {
+      reset: (task, seed) => {
+        const n = this.episodesOf.get(task.id) ?? 0;
+        this.episodesOf.set(task.id, n + 1);
+        value = n % 2;
+        return env.reset(task, seed);
+      },
+      step: (reply) => env.step(reply),
+      reward: async () => ({ ...(await env.reward()), value }),
+      close: () => env.close(),
+    };
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
 
 function metrics(runId: string, step: number): Buffer {
   return encodeTrainerStepMetrics({
