@@ -102,4 +102,9 @@ class DistContext:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                # Every rank finishes its outstanding collectives before any tears the group
+                # down: a rank whose peer had already destroyed the group sometimes aborted in
+                # gloo's teardown ("terminate called without an active exception", exit -6),
+                # turning a clean shutdown into a failed torchrun job.
+                dist.barrier()
                 dist.destroy_process_group()
