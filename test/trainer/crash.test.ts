@@ -15,11 +15,9 @@ import { listCheckpoints, readTrainerState } from '../../src/consumers/trainer/c
 import { readLedger } from '../../src/consumers/trainer/ledger.js';
 import { trainerGroupId } from '../../src/consumers/trainer/stream.js';
 import { ensureEngineVenv, ensureTinyModel } from '../../src/inference/cpu-policy-server.js';
-import { ensureTopics } from '../../src/kafka/client.js';
-import { topicSpecs } from '../../src/kafka/topics.js';
 import { projectRoot } from '../../src/services/paths.js';
 import { testKafka, uniqueName } from '../support/services.js';
-import { groupEvents, prng, produceGroups, testConfig, testConfigYaml } from './fixtures.js';
+import { groupEvents, prng, produceGroups, runTopics, testConfig, testConfigYaml } from './fixtures.js';
 
 const KILLS = Number(process.env.TRAJSTORE_TEST_KILLS ?? 10);
 
@@ -75,13 +73,7 @@ describe('crash and resume', () => {
     const runId = uniqueName('crash');
     const opts = { runId, topic, dir, modelDir };
     const config = testConfig(opts);
-    await ensureTopics(kafka, topicSpecs(config));
-    t.after(async () => {
-      const admin = kafka.admin();
-      await admin.connect();
-      await admin.deleteTopics({ topics: topicSpecs(config).map((s) => s.topic) }).catch(() => undefined);
-      await admin.disconnect();
-    });
+    await runTopics(t, kafka, config);
 
     // 40 trainable groups (40 steps of 1), 3 with equal rewards (dropped), 2 whose producer died.
     const groups = [

@@ -12,14 +12,12 @@ import { after, describe, it } from 'node:test';
 import { adapterName } from '../../src/consumers/trainer/publisher.js';
 import { runStreamingTrainer } from '../../src/consumers/trainer/stream.js';
 import { ensureEngineVenv, ensureTinyModel, startCpuPolicyServer } from '../../src/inference/cpu-policy-server.js';
-import { ensureTopics } from '../../src/kafka/client.js';
-import { topicSpecs } from '../../src/kafka/topics.js';
 import { projectRoot } from '../../src/services/paths.js';
 import { decodeTrajectoryEvent, type TrajectoryEvent } from '../../src/schemas/index.js';
 import { loadConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/util/logger.js';
 import { testKafka, uniqueName } from '../support/services.js';
-import { testConfigYaml } from './fixtures.js';
+import { runTopics, testConfigYaml } from './fixtures.js';
 
 const logger = createLogger('test-e2e', { level: 'warn', pretty: false });
 
@@ -43,13 +41,7 @@ describe('producers, trainer and policy server together', () => {
     const configFile = join(dir, 'config.yaml');
     writeFileSync(configFile, yaml);
     const config = loadConfig(configFile, {});
-    await ensureTopics(kafka, topicSpecs(config));
-    t.after(async () => {
-      const admin = kafka.admin();
-      await admin.connect();
-      await admin.deleteTopics({ topics: topicSpecs(config).map((s) => s.topic) }).catch(() => undefined);
-      await admin.disconnect();
-    });
+    await runTopics(t, kafka, config);
 
     const rollout = spawn(process.execPath, [join(projectRoot(), 'bin', 'trajstore.mjs'), 'rollout', '-c', configFile, '--grace-s', '5'], {
       env: { ...process.env, TRAJSTORE_LOG_LEVEL: 'warn', KAFKAJS_NO_PARTITIONER_WARNING: '1' }, stdio: ['ignore', 'ignore', 'pipe'],

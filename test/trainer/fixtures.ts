@@ -4,8 +4,11 @@
  * within a group unless a test asks otherwise. Seeded, so a test's log is the same every run.
  */
 import { randomUUID } from 'node:crypto';
+import type { TestContext } from 'node:test';
 import type { Kafka } from 'kafkajs';
 import { parseConfig, type TrajstoreConfig } from '../../src/config/index.js';
+import { ensureTopics } from '../../src/kafka/client.js';
+import { topicSpecs } from '../../src/kafka/topics.js';
 import { encodeTrajectoryEvent, newTrajectoryEvent, type EpisodeStatus, type TrajectoryEvent, type TrajectoryEventPayload } from '../../src/schemas/index.js';
 import type { AssembledGroup } from '../../src/consumers/trainer/types.js';
 import { KAFKA_BROKERS } from '../support/services.js';
@@ -135,4 +138,17 @@ kafka:
   partitions: 3
 storage: { adapters: ${opts.dir}/adapters }
 `;
+}
+
+/** Creates a run's topics (trajectories, versions, metrics, dead letters) for one test, deleted after it. */
+export async function runTopics(t: TestContext, kafka: Kafka, config: TrajstoreConfig): Promise<void> {
+  await ensureTopics(kafka, topicSpecs(config));
+  t.after(() => deleteRunTopics(kafka, config));
+}
+
+export async function deleteRunTopics(kafka: Kafka, config: TrajstoreConfig): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.deleteTopics({ topics: topicSpecs(config).map((s) => s.topic) }).catch(() => undefined);
+  await admin.disconnect();
 }

@@ -13,12 +13,10 @@ import { adapterName, VersionPublisher } from '../../src/consumers/trainer/publi
 import { runStreamingTrainer } from '../../src/consumers/trainer/stream.js';
 import { ensureEngineVenv, ensureTinyModel, freePort, makeTestAdapter, startCpuPolicyServer } from '../../src/inference/cpu-policy-server.js';
 import { policyApi } from '../../src/inference/vllm-api.js';
-import { ensureTopics } from '../../src/kafka/client.js';
-import { topicSpecs } from '../../src/kafka/topics.js';
 import { decodePolicyVersion, decodeTrainerStepMetrics, type PolicyVersion, type TrainerStepMetrics } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
 import { testKafka, testTopic, uniqueName } from '../support/services.js';
-import { groupEvents, produceGroups, testConfig } from './fixtures.js';
+import { groupEvents, produceGroups, runTopics, testConfig } from './fixtures.js';
 
 const logger = createLogger('test-publish', { level: 'warn', pretty: false });
 
@@ -59,13 +57,7 @@ describe('version publishing', () => {
     config.inference.max_loaded_adapters = 2;
     // One partition, the equal-reward group first: it is decided (and counted) before step 1.
     config.kafka.partitions = 1;
-    await ensureTopics(kafka, topicSpecs(config));
-    t.after(async () => {
-      const admin = kafka.admin();
-      await admin.connect();
-      await admin.deleteTopics({ topics: topicSpecs(config).map((s) => s.topic) }).catch(() => undefined);
-      await admin.disconnect();
-    });
+    await runTopics(t, kafka, config);
     await produceGroups(kafka, topic, [groupEvents({ runId, seed: 99, rewards: [0, 0] })]);
     await produceGroups(kafka, topic, Array.from({ length: 6 }, (_, i) => groupEvents({ runId, seed: i + 1 })), true);
 

@@ -16,7 +16,7 @@ import { topicSpecs } from '../../src/kafka/topics.js';
 import { decodeTrainerStepMetrics } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
 import { testKafka, uniqueName } from '../support/services.js';
-import { groupEvents, produceGroups, testConfig } from './fixtures.js';
+import { deleteRunTopics, groupEvents, produceGroups, testConfig } from './fixtures.js';
 
 const logger = createLogger('test-replay', { level: 'warn', pretty: false });
 
@@ -52,10 +52,7 @@ describe('replay', () => {
     ]);
   });
   after(async () => {
-    const admin = kafka.admin();
-    await admin.connect();
-    await admin.deleteTopics({ topics: topicSpecs(config).map((s) => s.topic) }).catch(() => undefined);
-    await admin.disconnect();
+    await deleteRunTopics(kafka, config);
     rmSync(dir, { recursive: true, force: true });
   });
 
