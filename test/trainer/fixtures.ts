@@ -41,6 +41,8 @@ export interface GroupSpec {
   /** Smallest token id used (ids are base .. base+119); past the vocabulary makes an invalid batch. */
   tokenBase?: number;
   seed?: number;
+  /** Timestamp of the group's first event (ms); the i-th event gets startMs + i. Default: now. */
+  startMs?: number;
 }
 
 /** The events of one group, in the order a producer writes them. */
@@ -51,8 +53,9 @@ export function groupEvents(spec: GroupSpec): TrajectoryEvent[] {
   const version = spec.policyVersion ?? 0;
   const purpose = spec.purpose ?? 'train';
   const base = { run_id: spec.runId, group_id: gid, producer_id: 'test-producer', policy_version: version, purpose } as const;
+  let n = 0;
   const ev = (payload: TrajectoryEventPayload, episode_id: string | null, seq: number) =>
-    newTrajectoryEvent({ ...base, episode_id, seq, payload });
+    newTrajectoryEvent({ ...base, episode_id, seq, payload, ...(spec.startMs === undefined ? {} : { timestamp: spec.startMs + n++ }) });
   const out: TrajectoryEvent[] = [
     ev({ GroupStarted: { task: { task_id: `task-${gid.slice(0, 8)}`, task_family: 'test', environment: 'text', params_json: '{}', split: 'train' }, group_size: size,
       sampling: { temperature: 1, top_p: 1, top_k: null, max_tokens: 8, extra_json: null } } }, null, 0),

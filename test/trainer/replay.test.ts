@@ -15,6 +15,7 @@ import { ensureTopics } from '../../src/kafka/client.js';
 import { topicSpecs } from '../../src/kafka/topics.js';
 import { decodeTrainerStepMetrics } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
+import { topicWatermarks } from '../../src/consumers/trainer/source.js';
 import { testKafka, uniqueName } from '../support/services.js';
 import { deleteRunTopics, groupEvents, produceGroups, testConfig } from './fixtures.js';
 
@@ -108,3 +109,37 @@ describe('replay', () => {
     assert.deepEqual(JSON.parse(JSON.stringify(seen.map((m) => m.staleness_histogram))), Array(3).fill([{ versions_behind: 0, groups: 2, tokens: 40 }]));
   });
 });
+
+describe('replay of a run spread over partitions', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'trajstore-replay-parts-'));
+  const kafka = testKafka();
+  const topic = uniqueName('trreplayp');
+  const source = uniqueName('srcp');
+  let config: ReturnType<typeof testConfig>;
+
+  before(async () => {
+    config = testConfig({ runId: 'unused', topic, dir, modelDir: join(dir, 'no-model') });
+    config.kafka.partitions = 3;
+    await ensureTopics(kafka, topicSpecs(config));
+    // 12 groups, one a minute, each sampled by the version its trainer had then (0, 1, 2, ...):
+    // never more than max_staleness (2) behind at its own time.
+    const t0 = Date.now() - 3_600_000;
+    const groups = Array.from({ length: 12 }, (_, i) => groupEvents({ runId: source, seed: i + 1, policyVersion: i, startMs: t0 + i * 60_000 }));
+    await produceGroups(kafka, topic, groups);
+  });
+  after(async () => {
+    await deleteRunTopics(kafka, config);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('groups are compared with the versions of their own time, not with the end of another partition', { timeout: 120_000 }, async () => {
+    const partitionsUsed = [...(await topicWatermarks(kafka, topic)).values()].filter((m) => m.high > m.low);
+    assert.ok(partitionsUsed.length >= 2, 'the groups spread over several partitions');
+    for (const readers of [1, 3]) {
+      const r = await runReplay({ config, sourceRunId: source, runId: uniqueName('parts'), dryRun: true, logger, progress: null, readers });
+      assert.deepEqual(r.plan, { groups: 12, tokens: 12 * 2 * 10, steps: 6, staleness: { '0': 12 } }, `${readers} reader(s)`);
+      assert.equal(r.totals.groups_dropped_stale, undefined);
+    }
+  });
+});
+

@@ -130,6 +130,23 @@ export class GroupAssembler {
     return out;
   }
 
+  /**
+   * Replay: closes groups silent past the timeout by log time, least recently active first,
+   * stopping at the first group still live. Cheap enough to run after every event, so which
+   * groups time out depends only on the order of the log, never on how fetches were batched.
+   */
+  expireByLogTime(logMs: number): AssembledGroup[] {
+    const out: AssembledGroup[] = [];
+    for (const [gid, open] of this.open) {
+      if (logMs - open.group.lastEventTs <= this.opts.timeoutMs) break;
+      open.group.closedBy = 'timeout';
+      this.open.delete(gid);
+      this.closed.add(gid);
+      out.push(open.group);
+    }
+    return out;
+  }
+
   /** Closes every open group (end of a replay range). */
   closeAll(): AssembledGroup[] {
     return this.expire({ logMs: Number.POSITIVE_INFINITY });

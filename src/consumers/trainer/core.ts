@@ -16,17 +16,17 @@ import type { TrajstoreConfig } from '../../config/index.js';
 import type { EngineClient } from '../../engine/client.js';
 import { writeBatchFile } from '../../engine/batch-file.js';
 import { EngineBatchError } from '../../engine/errors.js';
-import { buildDeadLetter, decodeTrajectoryEvent, encodeTrainerStepMetrics } from '../../schemas/index.js';
+import { buildDeadLetter, encodeTrainerStepMetrics } from '../../schemas/index.js';
 import type { Logger } from '../../util/logger.js';
 import { LocalAdapterStore, type StoredAdapter } from './adapter-store.js';
-import { GroupAssembler } from './assembler.js';
+import { GroupAssembler, type AssemblerCounters } from './assembler.js';
 import { StepBatcher, stepTensors } from './batcher.js';
 import { checkpointDir, pruneCheckpoints, type TrainerState } from './checkpoints.js';
 import { prepareGroup, type FilterOptions } from './filters.js';
 import { Ledger } from './ledger.js';
 import { OffsetTracker, type ResumeState } from './offsets.js';
 import type { VersionPublisher } from './publisher.js';
-import type { LogRecord } from './source.js';
+import { decodeRecord, type LogRecord } from './source.js';
 import { buildStepMetrics } from './step-metrics.js';
 import type { AssembledGroup, DropReason, TrainGroup } from './types.js';
 
@@ -58,6 +58,8 @@ export interface CoreOptions {
   idleClock?: () => number;
   /** Dry run: assemble and filter, count, but never call the engine. */
   dryRun?: boolean;
+  /** Where the log counters in step metrics come from when groups are assembled elsewhere (replay readers). */
+  logCounters?: () => AssemblerCounters;
 }
 
 export class TrainerCore {
@@ -131,8 +133,7 @@ export class TrainerCore {
       this.tracker.read(rec.partition, rec.offset);
       let event;
       try {
-        if (!rec.value) throw new Error('empty message (tombstone) on the trajectory topic');
-        event = decodeTrajectoryEvent(rec.value);
+        event = decodeRecord(rec);
       } catch (err) {
         await this.deadLetter(rec, topic, err);
         continue;
@@ -143,6 +144,28 @@ export class TrainerCore {
       if (completed) this.decide(completed);
       await this.trainReadySteps(false);
     }
+  }
+
+  /**
+   * A group assembled elsewhere (replay readers assemble partitions in their own threads), in
+   * the order the caller decided; trains whenever a step is ready.
+   */
+  async acceptGroup(group: AssembledGroup, evicted: boolean): Promise<void> {
+    if (this.done) return;
+    if (evicted) this.decide(group, 'evicted');
+    else this.decide(group);
+    await this.trainReadySteps(false);
+  }
+
+  /** A record a replay reader could not decode: decoded again here for the codec's typed error, then dead-lettered. */
+  async rejectRecord(rec: LogRecord, topic: string): Promise<void> {
+    try {
+      decodeRecord(rec);
+    } catch (err) {
+      await this.deadLetter(rec, topic, err);
+      return;
+    }
+    throw new Error(`internal: record ${rec.partition}:${rec.offset} was reported undecodable but decodes`);
   }
 
   /**
@@ -263,7 +286,7 @@ export class TrainerCore {
         open_groups: this.assembler.openCount,
         versions_behind_servers: this.o.publisher?.behindCount ?? 0,
         ...(this.lastPublishMs !== null && publish ? { publish_load_ms: this.lastPublishMs } : {}),
-        ...Object.fromEntries(Object.entries(this.assembler.counters).map(([k, v]) => [`log_${k}`, v])),
+        ...Object.fromEntries(Object.entries(this.o.logCounters?.() ?? this.assembler.counters).map(([k, v]) => [`log_${k}`, v])),
       },
     });
     await this.o.producer.send({ topic: c.kafka.topics.trainer_metrics, messages: [{ key: this.o.runId, value: encodeTrainerStepMetrics(metrics) }] });

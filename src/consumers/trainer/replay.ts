@@ -1,15 +1,19 @@
 /**
  * `trajstore replay`: trains a new run from the historical events of another run, with the
- * new config's hyperparameters. Deterministic for the same input: partitions are read one after
- * the other in partition order (a group's events all live in one partition, keyed by group id),
- * so the order of groups, and therefore every batch, does not depend on how fetches from
- * different partitions happened to interleave; on a CPU the engine is deterministic too, and
- * two replays of the same range end with the same adapter checksum.
+ * new config's hyperparameters.
  *
- * Staleness in a replay is measured against the newest behavior version seen so far in the log
- * (what the source run's trainer had published then): the new run's own versions never sampled
- * anything. Group timeouts run on log time only; at the end of each partition's range, groups
- * still open are closed (their remaining events lie outside the range).
+ * Reading: reader threads fetch, decode and assemble the partitions' ranges side by side (a
+ * group's events all live in one partition, keyed by group id), and the groups are merged into
+ * the order they completed in the source run, by each partition's log clock (replay-readers.ts).
+ * That order depends only on the log, not on the number of readers or how fetches interleaved,
+ * so every batch is the same in two replays of the same range; on a CPU the engine is
+ * deterministic too, and the two end with the same adapter checksum.
+ *
+ * Staleness in a replay is measured against the newest behavior version seen so far in that
+ * order (what the source run's trainer had published then): the new run's own versions never
+ * sampled anything. Group timeouts run on each partition's log clock; at the end of a
+ * partition's range, groups still open are closed (their remaining events lie outside it).
+ * A replay's checkpoints are outputs, not resume points: a replay is run again under a new --run.
  */
 import { join, resolve } from 'node:path';
 import { Partitioners } from 'kafkajs';
@@ -23,7 +27,8 @@ import { startEngine } from './engine-setup.js';
 import { TrainerError, TrainerErrorCode } from './errors.js';
 import { Progress } from './progress.js';
 import { VersionPublisher } from './publisher.js';
-import { LogReader, offsetsAtTime, topicWatermarks } from './source.js';
+import { ReplayReaders } from './replay-readers.js';
+import { offsetsAtTime, topicWatermarks } from './source.js';
 
 export interface ReplayOptions {
   /** The config of the new run; its run.id is replaced by `runId`. */
@@ -38,6 +43,8 @@ export interface ReplayOptions {
   logger: Logger;
   /** Progress bar stream (default stderr). */
   progress?: NodeJS.WriteStream | null;
+  /** Reader threads that fetch, decode and assemble side by side (default: one per CPU, at most one per partition). */
+  readers?: number;
 }
 
 export interface ReplayResult {
@@ -118,37 +125,29 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
       window: config.inference.max_loaded_adapters, topic: config.kafka.topics.policy_versions, producer, logger,
       requestTimeoutMs: config.inference.request_timeout_s * 1000,
     });
-    const core = new TrainerCore({ config, runId: opts.runId, sourceRunId: opts.sourceRunId, mode: 'replay', engine, producer, publisher, logger, dryRun: opts.dryRun });
-    let records = 0;
-    for (const range of ranges) {
-      if (core.done) break;
-      // Every other partition starts at its end: this reader hands out one partition's range only.
-      const startMap = new Map(partitions.map((p) => [p, p === range.partition ? range.start : marks.get(p)!.high]));
-      const reader = new LogReader(kafka, { topic, start: startMap, groupPrefix: `trajstore-replay-${opts.runId}`, logger });
-      await reader.open();
-      try {
-        let at = range.start;
-        let idlePolls = 0;
-        while (at < range.end && !core.done) {
-          const batch = (await reader.next(1000)).filter((r) => r.partition === range.partition && r.offset < range.end);
-          if (batch.length === 0) {
-            // Offsets without a record (transaction markers, compacted-away records) can leave the
-            // end out of reach: after 10 s with nothing, this partition's range is over.
-            if (++idlePolls >= 10) break;
-            continue;
-          }
-          idlePolls = 0;
-          at = batch.at(-1)!.offset + 1;
-          records += batch.length;
-          await core.ingest(batch, topic);
-          await core.expire();
-          progress.update(records, `step ${core.step}`);
-        }
-      } finally {
-        await reader.close();
+    const readers = new ReplayReaders({
+      brokers: config.kafka.brokers, clientId: `${config.kafka.client_id}-replay`, topic, topicPartitions: partitions, ranges,
+      groupPrefix: `trajstore-replay-${opts.runId}`, readers: opts.readers, logger,
+      assembly: {
+        sourceRunId: opts.sourceRunId,
+        timeoutMs: config.training.group_timeout_s * 1000,
+        // The open-group bound is the config's, shared out over the partitions read side by side.
+        maxOpenGroups: Math.max(1, Math.ceil(config.training.max_open_groups / ranges.length)),
+      },
+    });
+    const core = new TrainerCore({ config, runId: opts.runId, sourceRunId: opts.sourceRunId, mode: 'replay', engine, producer, publisher, logger, dryRun: opts.dryRun, logCounters: () => readers.counters });
+    readers.start();
+    try {
+      for await (const input of readers.inputs()) {
+        if (input.type === 'undecodable') await core.rejectRecord(input.record, topic);
+        else await core.acceptGroup(input.group, input.evicted);
+        progress.update(readers.records, `step ${core.step}`);
+        if (core.done) break;
       }
-      await core.finish({ closeOpen: true, flush: false });
+    } finally {
+      await readers.stop();
     }
+    const records = readers.records;
     await core.finish({ closeOpen: true, flush: true });
     if (!opts.dryRun) await core.publishFinal();
     progress.done(records, `step ${core.step}`);

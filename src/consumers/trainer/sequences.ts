@@ -4,7 +4,7 @@
  * prompt + completion (the usual chat history) are merged into one sequence, so the shared
  * history is computed once; otherwise each turn is a sequence of its own.
  */
-import type { AssembledTurn, TrainSequence } from './types.js';
+import type { AssembledTurn, NumberSeq, TrainSequence } from './types.js';
 
 export function episodeSequences(turns: AssembledTurn[], advantage: number): TrainSequence[] {
   const ordered = [...turns].sort((a, b) => a.turnIndex - b.turnIndex);
@@ -12,11 +12,11 @@ export function episodeSequences(turns: AssembledTurn[], advantage: number): Tra
   let cur: TrainSequence | null = null;
   for (const turn of ordered) {
     if (cur && extendsSequence(cur.tokens, turn.promptTokenIds)) {
-      appendPrompt(cur, turn.promptTokenIds.slice(cur.tokens.length), turn.policyVersion);
+      appendPrompt(cur, turn.promptTokenIds, cur.tokens.length, turn.policyVersion);
     } else {
       cur = { tokens: [], lossMask: [], behaviorLogprobs: [], behaviorVersions: [], advantage };
       out.push(cur);
-      appendPrompt(cur, turn.promptTokenIds, turn.policyVersion);
+      appendPrompt(cur, turn.promptTokenIds, 0, turn.policyVersion);
     }
     appendCompletion(cur, turn);
   }
@@ -25,15 +25,16 @@ export function episodeSequences(turns: AssembledTurn[], advantage: number): Tra
   return out.filter((s) => s.lossMask.some((m) => m === 1));
 }
 
-function extendsSequence(tokens: number[], prompt: number[]): boolean {
+function extendsSequence(tokens: number[], prompt: NumberSeq): boolean {
   if (prompt.length < tokens.length) return false;
   for (let i = 0; i < tokens.length; i++) if (prompt[i] !== tokens[i]) return false;
   return true;
 }
 
-function appendPrompt(seq: TrainSequence, ids: number[], version: number): void {
-  for (const id of ids) {
-    seq.tokens.push(id);
+/** Appends `ids` from index `from` on (the part of a prompt the sequence does not hold yet). */
+function appendPrompt(seq: TrainSequence, ids: NumberSeq, from: number, version: number): void {
+  for (let i = from; i < ids.length; i++) {
+    seq.tokens.push(ids[i]!);
     seq.lossMask.push(0);
     seq.behaviorLogprobs.push(0);
     seq.behaviorVersions.push(version);

@@ -13,6 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Consumer, Kafka } from 'kafkajs';
+import { decodeTrajectoryEvent, type TrajectoryEvent } from '../../schemas/index.js';
 import type { Logger } from '../../util/logger.js';
 
 export interface LogRecord {
@@ -21,6 +22,12 @@ export interface LogRecord {
   /** The Kafka message timestamp (ms). */
   timestamp: number;
   value: Buffer | null;
+}
+
+/** The record's trajectory event; throws the codec's typed error (or a tombstone's) when there is none. */
+export function decodeRecord(rec: LogRecord): TrajectoryEvent {
+  if (!rec.value) throw new Error('empty message (tombstone) on the trajectory topic');
+  return decodeTrajectoryEvent(rec.value);
 }
 
 export interface ReaderOptions {

@@ -10,14 +10,20 @@ export interface LogPosition {
   offset: number;
 }
 
+/**
+ * Token ids, logprobs or versions: the decoder's plain arrays, or typed arrays once a group has
+ * crossed between threads (replay readers), where they copy as one block instead of item by item.
+ */
+export type NumberSeq = ArrayLike<number> & Iterable<number>;
+
 /** One Turn event, reduced to what training needs (token ids, logprobs, versions). */
 export interface AssembledTurn {
   turnIndex: number;
-  promptTokenIds: number[];
-  completionTokenIds: number[];
-  completionLogprobs: number[];
+  promptTokenIds: NumberSeq;
+  completionTokenIds: NumberSeq;
+  completionLogprobs: NumberSeq;
   /** Per-token policy versions (interruptible generation), or null: all tokens `policyVersion`. */
-  tokenPolicyVersions: number[] | null;
+  tokenPolicyVersions: NumberSeq | null;
   policyVersion: number;
 }
 
