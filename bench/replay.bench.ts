@@ -6,13 +6,16 @@
  * `kafka-consumer-perf-test` (org.apache.kafka.tools.ConsumerPerformance) on the same topic.
  * Goal: at least 50% of Kafka's own consume rate.
  *
- *   npx tsx bench/replay.bench.ts      (env: BENCH_TURNS=1000000, BENCH_PARTITIONS=6)
+ * The replay runs with its default reader threads (one per CPU) and, as a baseline in the same
+ * run, with one reader thread; CPU time per event counts every thread of this process.
+ *
+ *   npx tsx bench/replay.bench.ts      (env: BENCH_TURNS=1000000, BENCH_PARTITIONS=6, BENCH_READERS=<CPUs>)
  *   → RESULT {"events":..., "trajstore_events_per_s":..., "kafka_tool_records_per_s":..., "ratio":...}
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config/index.js';
 import { runReplay } from '../src/consumers/trainer/replay.js';
@@ -23,6 +26,7 @@ import { createLogger } from '../src/util/logger.js';
 
 const TURNS = Number(process.env.BENCH_TURNS ?? 1_000_000);
 const PARTITIONS = Number(process.env.BENCH_PARTITIONS ?? 6);
+const READERS = Number(process.env.BENCH_READERS ?? availableParallelism());
 const G = 8; // episodes per group, one turn each: a group is 1 + 8 * 4 + 1 = 34 events, 8 of them turns
 const logger = createLogger('bench-replay', { level: 'warn', pretty: false });
 const services = new LocalServices(servicesOptionsFromEnv());
@@ -109,16 +113,25 @@ async function main(): Promise<void> {
     ].join('\n'), 'bench', {});
     config.training.output_dir = join(dir, 'out');
 
+    const replay = async (readers: number) => {
+      const t0 = process.hrtime.bigint();
+      const cpu0 = process.cpuUsage();
+      const r = await runReplay({ config, sourceRunId: runId, runId: `bench-replay-${readers}`, dryRun: true, logger, progress: process.stderr, readers });
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const cpu = process.cpuUsage(cpu0);
+      if (r.records !== events || r.plan?.groups !== Math.ceil(TURNS / G)) throw new Error(`replay read ${r.records} of ${events} events, assembled ${r.plan?.groups} groups`);
+      return { perSec: r.records / seconds, seconds, cpuUsPerEvent: (cpu.user + cpu.system) / r.records };
+    };
     const kafkaTool = await kafkaBaseline(topic, events);
-    const t0 = process.hrtime.bigint();
-    const r = await runReplay({ config, sourceRunId: runId, runId: 'bench-replay', dryRun: true, logger, progress: process.stderr });
-    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    const ours = r.records / seconds;
+    const ours = await replay(READERS);
+    const oneReader = READERS === 1 ? ours : await replay(1);
     const result = {
-      events, turn_events: Math.ceil(TURNS / G) * G, partitions: PARTITIONS, groups_assembled: r.plan?.groups ?? 0,
-      trajstore_events_per_s: Math.round(ours), trajstore_seconds: Math.round(seconds * 10) / 10,
+      events, turn_events: Math.ceil(TURNS / G) * G, partitions: PARTITIONS, groups_assembled: Math.ceil(TURNS / G), readers: READERS,
+      trajstore_events_per_s: Math.round(ours.perSec), trajstore_seconds: Math.round(ours.seconds * 10) / 10,
+      trajstore_cpu_us_per_event: Math.round(ours.cpuUsPerEvent * 10) / 10,
+      one_reader_events_per_s: Math.round(oneReader.perSec), one_reader_cpu_us_per_event: Math.round(oneReader.cpuUsPerEvent * 10) / 10,
       kafka_tool_records_per_s: Math.round(kafkaTool.recordsPerSec), kafka_tool_mb_per_s: kafkaTool.mbPerSec,
-      ratio: Math.round((ours / kafkaTool.recordsPerSec) * 1000) / 1000, goal: 0.5,
+      ratio: Math.round((ours.perSec / kafkaTool.recordsPerSec) * 1000) / 1000, goal: 0.5,
     };
     console.log(`RESULT ${JSON.stringify(result)}`);
   } finally {

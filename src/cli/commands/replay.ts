@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { positiveInt } from '../arguments.js';
 import { loadConfig } from '../../config/index.js';
 import { runReplay } from '../../consumers/trainer/replay.js';
 import { createLogger } from '../../util/logger.js';
@@ -15,11 +16,12 @@ export function registerReplayCommand(program: Command): void {
     .option('--to <bound>', 'end (exclusive), same forms; default: the end of the topic when the replay starts')
     .option('--dry-run', 'print what would be trained (groups, tokens, steps, staleness, drops) without training')
     .option('--push', 'also load each new version on the config\'s policy servers')
-    .action(async (opts: { sourceRun: string; run: string; config: string; from?: string; to?: string; dryRun?: boolean; push?: boolean }) => {
+    .option('--readers <n>', 'threads that fetch, decode and assemble partitions side by side (default: one per CPU, at most one per partition)', positiveInt)
+    .action(async (opts: { sourceRun: string; run: string; config: string; from?: string; to?: string; dryRun?: boolean; push?: boolean; readers?: number }) => {
       const config = loadConfig(opts.config);
       const logger = createLogger('replay');
       const result = await runReplay({
-        config, sourceRunId: opts.sourceRun, runId: opts.run, from: opts.from, to: opts.to, dryRun: opts.dryRun, push: opts.push, logger,
+        config, sourceRunId: opts.sourceRun, runId: opts.run, from: opts.from, to: opts.to, dryRun: opts.dryRun, push: opts.push, readers: opts.readers, logger,
       });
       console.log(JSON.stringify(result, null, opts.dryRun ? 2 : undefined));
     });

@@ -1,4 +1,5 @@
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
+import { nonNegativeInt, positiveInt, seconds } from '../arguments.js';
 import { loadConfig } from '../../config/index.js';
 import { createKafka, ensureTopics } from '../../kafka/client.js';
 import { topicSpecs } from '../../kafka/topics.js';
@@ -25,9 +26,9 @@ export function registerRolloutCommand(program: Command): void {
     .command('rollout')
     .description('run agents against the configured environment and write every turn to Kafka')
     .requiredOption('-c, --config <file>', 'YAML config')
-    .option('--groups <n>', 'stop after this many train groups (default: until SIGTERM)', positive)
+    .option('--groups <n>', 'stop after this many train groups (default: until SIGTERM)', positiveInt)
     .option('--grace-s <seconds>', 'on SIGTERM, time running episodes get to finish before they are interrupted', seconds, 30)
-    .option('--task-offset <n>', 'index of the first train task (tasks are seeded by run.seed and their index)', nonNegative)
+    .option('--task-offset <n>', 'index of the first train task (tasks are seeded by run.seed and their index)', nonNegativeInt)
     .option('--progress-s <seconds>', 'seconds between progress lines on stderr', seconds, 5)
     .option('--eval-only', 'eval mode: run the held-out tasks (rollout.eval_tasks) against each new policy version, nothing to train on')
     .action(async (flags: RolloutFlags) => {
@@ -60,22 +61,4 @@ export function registerRolloutCommand(program: Command): void {
         await environments.close();
       }
     });
-}
-
-function positive(text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
-  return n;
-}
-
-function nonNegative(text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected an integer >= 0');
-  return n;
-}
-
-function seconds(text: string): number {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected seconds >= 0');
-  return n;
 }
