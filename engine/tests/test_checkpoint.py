@@ -157,3 +157,23 @@ def test_a_corrupted_checkpoint_file_is_refused(tiny_model_dir, tmp_path):
         engine.load(str(tmp_path / "ckpt"))
     assert info.value.code == CHECKPOINT
     assert "optimizer.pt" in info.value.message and "checksum" in info.value.message
+
+
+def test_adapter_config_bytes_do_not_depend_on_the_hash_seed(tmp_path):
+    # PEFT keeps target_modules as a set; without sorting, its order in adapter_config.json (and
+    # the adapter store's checksum) changed with PYTHONHASHSEED.
+    script = (
+        "import sys; from pathlib import Path; from peft import LoraConfig; "
+        "from trajstore_engine.checkpoint import write_adapter_config; "
+        "c = LoraConfig(r=4, lora_alpha=8, target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']); "
+        "write_adapter_config(c, Path(sys.argv[1]))"
+    )
+    written = []
+    for seed in ("1", "2", "3", "4"):
+        out = tmp_path / seed
+        out.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, cwd=Path(checkpoint.__file__).parent.parent)
+        written.append((out / "adapter_config.json").read_bytes())
+    assert all(w == written[0] for w in written)
+    assert json.loads(written[0])["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

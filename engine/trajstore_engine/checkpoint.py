@@ -200,7 +200,24 @@ def _write_adapter(engine: "Engine", directory: Path, adapter_sd: dict[str, torc
     config = engine.model.peft_config["default"]
     if not config.base_model_name_or_path:
         config.base_model_name_or_path = engine.cfg.model.path or None
+    write_adapter_config(config, directory)
+
+
+def write_adapter_config(config: Any, directory: Path) -> None:
+    """PEFT's adapter_config.json with its lists in a fixed order.
+
+    PEFT keeps target_modules as a set and writes it in the set's iteration order, which depends
+    on the process's string hash seed: two byte-identical adapters would get different config
+    files, and different checksums in the adapter store. Lists that came from sets are sorted
+    (their order means nothing); the file is rewritten as PEFT formats it.
+    """
     config.save_pretrained(str(directory))
+    path = directory / "adapter_config.json"
+    data = json.loads(path.read_text())
+    for key in ("target_modules", "modules_to_save", "exclude_modules"):
+        if isinstance(data.get(key), list) and isinstance(getattr(config, key, None), (set, frozenset)):
+            data[key] = sorted(data[key])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _full_optimizer_state(engine: "Engine") -> dict[str, Any]:

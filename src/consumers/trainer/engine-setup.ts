@@ -34,10 +34,7 @@ export function engineConfigFor(c: TrajstoreConfig): EngineConfig {
 }
 
 export async function startEngine(c: TrajstoreConfig, logger: Logger): Promise<EngineClient> {
-  // PEFT writes adapter_config.json's target_modules from a Python set, whose order follows the
-  // string hash seed: a fixed seed makes equal adapters byte-identical (replay determinism).
-  const env = { ...process.env, PYTHONHASHSEED: process.env.PYTHONHASHSEED ?? '0' };
-  const engine = await EngineClient.start({ logger: logger.child({ component: 'engine' }), env, nprocPerNode: c.training.num_gpus });
+  const engine = await EngineClient.start({ logger: logger.child({ component: 'engine' }), nprocPerNode: c.training.num_gpus });
   try {
     await engine.init(engineConfigFor(c));
   } catch (err) {

@@ -56,10 +56,10 @@ function pause(partition: number): void {
 function compact(group: AssembledGroup): AssembledGroup {
   for (const ep of group.episodes) {
     for (const t of ep.turns) {
-      t.promptTokenIds = Int32Array.from(t.promptTokenIds);
-      t.completionTokenIds = Int32Array.from(t.completionTokenIds);
-      t.completionLogprobs = Float64Array.from(t.completionLogprobs);
-      if (t.tokenPolicyVersions) t.tokenPolicyVersions = Int32Array.from(t.tokenPolicyVersions);
+      t.promptTokenIds = new Int32Array(t.promptTokenIds);
+      t.completionTokenIds = new Int32Array(t.completionTokenIds);
+      t.completionLogprobs = new Float64Array(t.completionLogprobs);
+      if (t.tokenPolicyVersions) t.tokenPolicyVersions = new Int32Array(t.tokenPolicyVersions);
     }
   }
   return group;
