@@ -50,26 +50,47 @@ function pause(partition: number): void {
 }
 
 /**
- * Typed arrays for a group's token ids, logprobs and versions before posting: structured clone
- * copies a typed array as one block, a plain array number by number (most of the cost of a post).
+ * Moves the token ids, logprobs and versions of a post's groups into two typed arrays (turns keep
+ * views into them). Structured clone copies a plain array number by number, which cost more than
+ * decoding them; a typed array is one block, and views of one buffer share it.
  */
-function compact(group: AssembledGroup): AssembledGroup {
-  for (const ep of group.episodes) {
-    for (const t of ep.turns) {
-      t.promptTokenIds = new Int32Array(t.promptTokenIds);
-      t.completionTokenIds = new Int32Array(t.completionTokenIds);
-      t.completionLogprobs = new Float64Array(t.completionLogprobs);
-      if (t.tokenPolicyVersions) t.tokenPolicyVersions = new Int32Array(t.tokenPolicyVersions);
+function pack(groups: AssembledGroup[]): void {
+  let ints = 0;
+  let floats = 0;
+  for (const g of groups) {
+    for (const ep of g.episodes) {
+      for (const t of ep.turns) {
+        ints += t.promptTokenIds.length + t.completionTokenIds.length + (t.tokenPolicyVersions?.length ?? 0);
+        floats += t.completionLogprobs.length;
+      }
     }
   }
-  return group;
+  const intBuf = new Int32Array(ints);
+  const floatBuf = new Float64Array(floats);
+  let i = 0;
+  let f = 0;
+  const ints32 = (values: ArrayLike<number>): Int32Array => {
+    intBuf.set(values, i);
+    return intBuf.subarray(i, (i += values.length));
+  };
+  for (const g of groups) {
+    for (const ep of g.episodes) {
+      for (const t of ep.turns) {
+        t.promptTokenIds = ints32(t.promptTokenIds);
+        t.completionTokenIds = ints32(t.completionTokenIds);
+        if (t.tokenPolicyVersions) t.tokenPolicyVersions = ints32(t.tokenPolicyVersions);
+        floatBuf.set(t.completionLogprobs, f);
+        t.completionLogprobs = floatBuf.subarray(f, (f += t.completionLogprobs.length));
+      }
+    }
+  }
 }
 
 /** Posts what the partition's assembly produced since the last post. */
 function flush(st: PartitionState, records: number, bytes: number): void {
   const { items, undecodable, counters } = st.assembly.take();
   if (records === 0 && items.length === 0 && undecodable.length === 0) return;
-  for (const item of items) compact(item.group);
+  pack(items.map((item) => item.group));
   st.outstandingBytes += bytes;
   post({ type: 'batch', partition: st.partition, items, undecodable, counters, records, bytes, readTo: st.next });
 }
