@@ -52,10 +52,6 @@ export class PartitionAssembly {
     this.reported = { ...this.assembler.counters };
   }
 
-  get openCount(): number {
-    return this.assembler.openCount;
-  }
-
   /** Decodes and applies one record (records of this partition, in offset order). */
   push(rec: LogRecord): void {
     let event;

@@ -92,7 +92,7 @@ function flush(st: PartitionState, records: number, bytes: number): void {
   if (records === 0 && items.length === 0 && undecodable.length === 0) return;
   pack(items.map((item) => item.group));
   st.outstandingBytes += bytes;
-  post({ type: 'batch', partition: st.partition, items, undecodable, counters, records, bytes, readTo: st.next });
+  post({ type: 'batch', partition: st.partition, items, undecodable, counters, records, bytes });
 }
 
 function endPartition(st: PartitionState): void {

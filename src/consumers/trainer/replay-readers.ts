@@ -27,24 +27,16 @@ export interface PartitionRange {
   end: number;
 }
 
-/** What a reader thread is started with. */
-export interface ReaderWorkerData {
-  brokers: string[];
-  clientId: string;
-  topic: string;
-  /** Every partition of the topic (the ones not in `ranges` are paused). */
-  topicPartitions: number[];
-  ranges: PartitionRange[];
-  groupPrefix: string;
-  assembly: PartitionAssemblyOptions;
+/** What a reader thread is started with: its share of the ranges, the options resolved. */
+export type ReaderWorkerData = Pick<ReplayReadersOptions, 'brokers' | 'clientId' | 'topic' | 'topicPartitions' | 'ranges' | 'groupPrefix' | 'assembly'> & {
   creditBytes: number;
   idleEndMs: number;
   logLevel: string;
-}
+};
 
 /** Reader thread → main thread. */
 export type FromReader =
-  | { type: 'batch'; partition: number; items: AssembledItem[]; undecodable: UndecodableRecord[]; counters: Partial<AssemblerCounters>; records: number; bytes: number; readTo: number }
+  | { type: 'batch'; partition: number; items: AssembledItem[]; undecodable: UndecodableRecord[]; counters: Partial<AssemblerCounters>; records: number; bytes: number }
   | { type: 'end'; partition: number }
   | { type: 'failed'; message: string }
   | { type: 'closed' };
@@ -61,14 +53,16 @@ export interface ReplayReadersOptions {
   brokers: string[];
   clientId: string;
   topic: string;
+  /** Every partition of the topic (a reader pauses the ones it was not given). */
   topicPartitions: number[];
   ranges: PartitionRange[];
   groupPrefix: string;
   assembly: PartitionAssemblyOptions;
   /** Reader threads (default: one per CPU, at most one per range). */
   readers?: number;
-  /** Bytes of events a partition may have posted and not yet merged before its reader pauses it. */
+  /** Bytes of events a partition may have posted and not yet merged before its reader pauses it (default 32 MiB). */
   creditBytes?: number;
+  /** A partition that has not moved for this long (and is not paused) is over: trailing offsets without records (default 10 s). */
   idleEndMs?: number;
   logger: Logger;
 }
@@ -91,8 +85,6 @@ export class ReplayReaders {
   records = 0;
   /** Assembler counters summed over all partitions. */
   readonly counters: AssemblerCounters = { events: 0, other_run: 0, orphan_events: 0, late_events: 0, duplicate_events: 0, skipped_groups: 0 };
-  /** Per partition: the next offset to read (everything below it has been read). */
-  readonly readTo = new Map<number, number>();
   private readonly streams = new Map<number, PartitionStream>();
   private readonly undecodable: UndecodableRecord[] = [];
   private readonly workers: Worker[] = [];
@@ -103,10 +95,6 @@ export class ReplayReaders {
   private wake: (() => void) | null = null;
 
   constructor(private readonly opts: ReplayReadersOptions) {}
-
-  get readerCount(): number {
-    return this.workers.length;
-  }
 
   /** Starts the reader threads; ranges go to readers round-robin in partition order. */
   start(): void {
@@ -206,7 +194,6 @@ export class ReplayReaders {
       s.ended = true;
     } else {
       this.records += m.records;
-      this.readTo.set(m.partition, m.readTo);
       for (const [k, v] of Object.entries(m.counters)) this.counters[k as keyof AssemblerCounters] += v;
       for (const u of m.undecodable) this.undecodable.push({ reason: u.reason, record: { ...u.record, value: u.record.value && Buffer.from(u.record.value.buffer, u.record.value.byteOffset, u.record.value.byteLength) } });
       m.items.forEach((item, i) => s.queue.push({ item, credit: i === m.items.length - 1 ? m.bytes : 0 }));
