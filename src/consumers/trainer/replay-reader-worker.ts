@@ -40,6 +40,7 @@ const states = new Map<number, PartitionState>(data.ranges.map((r) => [r.partiti
 }]));
 let consumer: Consumer | null = null;
 let closing: Promise<void> | null = null;
+let idleTimer: NodeJS.Timeout | undefined;
 
 function post(msg: FromReader): void {
   port.postMessage(msg);
@@ -120,12 +121,18 @@ async function close(): Promise<void> {
   return closing;
 }
 
-// Offsets without a record (transaction markers, compacted-away records) can leave a range's end
-// out of reach: a partition that is not paused and has not moved for `idleEndMs` is over.
-const idleTimer = setInterval(() => {
-  const now = Date.now();
-  for (const st of states.values()) if (!st.ended && !st.creditPaused && now - st.lastProgressMs > data.idleEndMs) endPartition(st);
-}, 500);
+/**
+ * Offsets without a record (transaction markers, compacted-away records) can leave a range's end
+ * out of reach: a partition that is not paused and has not moved for `idleEndMs` is over. Counted
+ * from when the consumer has joined and sought, so a slow start never ends a range early.
+ */
+function watchIdlePartitions(): NodeJS.Timeout {
+  for (const st of states.values()) st.lastProgressMs = Date.now();
+  return setInterval(() => {
+    const now = Date.now();
+    for (const st of states.values()) if (!st.ended && !st.creditPaused && now - st.lastProgressMs > data.idleEndMs) endPartition(st);
+  }, 500);
+}
 
 port.on('message', (msg: ToReader) => {
   if (msg.type === 'stop') {
@@ -178,6 +185,7 @@ async function run(): Promise<void> {
   const others = data.topicPartitions.filter((p) => !states.has(p));
   if (others.length > 0) c.pause([{ topic: data.topic, partitions: others }]);
   for (const st of states.values()) c.seek({ topic: data.topic, partition: st.partition, offset: String(st.next) });
+  if (!closing) idleTimer = watchIdlePartitions();
 }
 
 run().catch((err: unknown) => post({ type: 'failed', message: err instanceof Error ? err.message : String(err) }));
