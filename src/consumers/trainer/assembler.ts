@@ -122,10 +122,7 @@ export class GroupAssembler {
       const silentWall = now.wallMs !== undefined && now.wallMs - open.lastWallMs > this.opts.timeoutMs;
       const silentLog = now.logMs !== undefined && now.logMs - open.group.lastEventTs > this.opts.timeoutMs;
       if (!silentWall && !silentLog) continue;
-      open.group.closedBy = 'timeout';
-      this.open.delete(gid);
-      this.closed.add(gid);
-      out.push(open.group);
+      out.push(this.closeAsTimeout(gid, open));
     }
     return out;
   }
@@ -139,10 +136,7 @@ export class GroupAssembler {
     const out: AssembledGroup[] = [];
     for (const [gid, open] of this.open) {
       if (logMs - open.group.lastEventTs <= this.opts.timeoutMs) break;
-      open.group.closedBy = 'timeout';
-      this.open.delete(gid);
-      this.closed.add(gid);
-      out.push(open.group);
+      out.push(this.closeAsTimeout(gid, open));
     }
     return out;
   }
@@ -166,6 +160,11 @@ export class GroupAssembler {
     const first = this.open.entries().next();
     if (first.done) return undefined;
     const [gid, open] = first.value;
+    return this.closeAsTimeout(gid, open);
+  }
+
+  /** Closes an open group its producer did not complete (silent or evicted); its late events will be ignored. */
+  private closeAsTimeout(gid: string, open: OpenGroup): AssembledGroup {
     open.group.closedBy = 'timeout';
     this.open.delete(gid);
     this.closed.add(gid);
