@@ -30,12 +30,15 @@ if [[ $mode != engine ]]; then
   node bin/trajstore.mjs schemas check
 
   phase "local services"
-  started_here=0
+  # Stop at the end only what this script started: all of them, or the S3 store alone.
+  to_stop=""
   if ! node bin/trajstore.mjs services status >/dev/null 2>&1; then
-    started_here=1
-    trap '[[ $started_here == 1 ]] && node bin/trajstore.mjs services down' EXIT
+    to_stop="all"
+  elif ! node bin/trajstore.mjs services status --json | grep -q '"name": "s3"'; then
+    to_stop="s3"
   fi
-  node bin/trajstore.mjs services up
+  trap 'case $to_stop in all) node bin/trajstore.mjs services down ;; s3) node bin/trajstore.mjs services down s3 ;; esac' EXIT
+  node bin/trajstore.mjs services up --s3
 
   phase "TypeScript tests"
   mapfile -t files < <(find test -name '*.test.ts' | sort)

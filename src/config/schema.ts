@@ -186,6 +186,12 @@ export const StorageSection = z
     blobs: z.string().min(1).default('.trajstore/blobs'),
     /** Immutable adapter versions: a local directory or an s3:// URI. */
     adapters: z.string().min(1).default('.trajstore/adapters'),
+    /**
+     * With an s3:// adapter store: the local directory the trainer keeps each version in (and
+     * downloads missing ones to on resume). Policy servers load adapters from a local path
+     * (vLLM's load_lora_adapter), so they must see this directory (same host or shared volume).
+     */
+    adapter_cache: z.string().min(1).default('.trajstore/adapter-cache'),
     /** S3-compatible endpoint (MinIO, R2, ...) for s3:// stores; unset: AWS. Credentials come from the AWS SDK's usual chain. */
     s3_endpoint: httpUrl.optional(),
     s3_region: z.string().min(1).default('us-east-1'),

@@ -5,6 +5,7 @@ import { ConfigError } from '../util/errors.js';
 import { ClickHouseService } from './clickhouse.js';
 import { KAFKA_VERSION, KafkaService } from './kafka.js';
 import { defaultCacheDir, defaultHome } from './paths.js';
+import { S3PROXY_VERSION, S3Service } from './s3.js';
 import type { LocalService, ServiceStatus } from './types.js';
 
 export interface ServicesOptions {
@@ -17,6 +18,7 @@ export interface ServicesOptions {
   kafkaHeapMb: number;
   clickhouseHttpPort: number;
   clickhouseTcpPort: number;
+  s3Port: number;
 }
 
 /** Settings of the local services, from the environment (documented in the README). */
@@ -31,6 +33,7 @@ export function servicesOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Se
     kafkaHeapMb: intFromEnv(env, 'TRAJSTORE_KAFKA_HEAP_MB', 768),
     clickhouseHttpPort: portFromEnv(env, 'TRAJSTORE_CLICKHOUSE_HTTP_PORT', 8123),
     clickhouseTcpPort: portFromEnv(env, 'TRAJSTORE_CLICKHOUSE_TCP_PORT', 9000),
+    s3Port: portFromEnv(env, 'TRAJSTORE_S3_PORT', 9010),
   };
 }
 
@@ -48,10 +51,14 @@ function portFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): nu
   return port;
 }
 
-/** The local Kafka and ClickHouse of one home, managed together. */
+/**
+ * The local Kafka and ClickHouse of one home, managed together, and on request (`--s3`) a local
+ * S3-compatible object store.
+ */
 export class LocalServices {
   readonly kafka: KafkaService;
   readonly clickhouse: ClickHouseService;
+  readonly s3: S3Service;
 
   constructor(readonly options: ServicesOptions) {
     this.kafka = new KafkaService({
@@ -59,17 +66,18 @@ export class LocalServices {
       controllerPort: options.kafkaControllerPort, version: options.kafkaVersion, heapMb: options.kafkaHeapMb,
     });
     this.clickhouse = new ClickHouseService({ home: options.home, host: options.host, httpPort: options.clickhouseHttpPort, tcpPort: options.clickhouseTcpPort });
+    this.s3 = new S3Service({ home: options.home, cacheDir: options.cacheDir, host: options.host, port: options.s3Port, version: S3PROXY_VERSION, heapMb: 256 });
   }
 
   get all(): LocalService[] {
-    return [this.kafka, this.clickhouse];
+    return [this.kafka, this.clickhouse, this.s3];
   }
 
-  /** Installs and starts every service that is not running; a no-op when all run. */
-  async up(log: (line: string) => void): Promise<{ started: string[] }> {
+  /** Installs and starts every service that is not running (the S3 store only with `s3`); a no-op when all run. */
+  async up(log: (line: string) => void, opts: { s3?: boolean } = {}): Promise<{ started: string[] }> {
     return this.locked(async () => {
       const started: string[] = [];
-      for (const service of this.all) {
+      for (const service of opts.s3 ? this.all : [this.kafka, this.clickhouse]) {
         await service.install(log);
         if (await service.start(log)) started.push(service.name);
       }
@@ -77,17 +85,27 @@ export class LocalServices {
     });
   }
 
-  async down(log: (line: string) => void): Promise<{ stopped: string[] }> {
+  /** Stops every service, or only the named ones (an unknown name is a config error naming the known ones). */
+  async down(log: (line: string) => void, names: string[] = []): Promise<{ stopped: string[] }> {
+    const unknown = names.filter((n) => !this.all.some((s) => s.name === n));
+    if (unknown.length > 0) {
+      throw new ConfigError('arguments', [{ path: 'services', message: `unknown service ${unknown.join(', ')}; known: ${this.all.map((s) => s.name).join(', ')}` }]);
+    }
     return this.locked(async () => {
       const stopped: string[] = [];
       // Reverse order: consumers of Kafka may still be writing to ClickHouse.
-      for (const service of [...this.all].reverse()) if (await service.stop(log)) stopped.push(service.name);
+      for (const service of [...this.all].reverse()) {
+        if (names.length > 0 && !names.includes(service.name)) continue;
+        if (await service.stop(log)) stopped.push(service.name);
+      }
       return { stopped };
     });
   }
 
-  status(): Promise<ServiceStatus[]> {
-    return Promise.all(this.all.map((s) => s.status()));
+  /** Kafka and ClickHouse always; the optional S3 store only when it was started. */
+  async status(): Promise<ServiceStatus[]> {
+    const statuses = await Promise.all(this.all.map((s) => s.status()));
+    return statuses.filter((s) => s.name !== this.s3.name || s.state !== 'stopped');
   }
 
   /** One `up`/`down` at a time per home: parallel test runners and users share one broker. */

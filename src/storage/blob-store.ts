@@ -12,8 +12,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ProducerError } from '../producers/errors.js';
+import { createS3Client, parseS3Location, S3_HINT, s3Status, type S3Options } from './s3.js';
 
 export interface StoredBlob {
   /** Lower-case hex SHA-256 of the bytes. */
@@ -32,12 +33,6 @@ export interface BlobStore {
   has(sha256: string): Promise<boolean>;
   /** The URI a blob with this hash has (or would have). */
   uriOf(sha256: string): string;
-}
-
-export interface S3Options {
-  endpoint?: string;
-  region?: string;
-  forcePathStyle?: boolean;
 }
 
 export function sha256Hex(bytes: Uint8Array): string {
@@ -132,15 +127,11 @@ export class S3BlobStore implements BlobStore {
   private readonly client: S3Client;
 
   constructor(location: string, options: S3Options = {}) {
-    const url = new URL(location);
-    this.bucket = url.hostname;
-    this.prefix = url.pathname.replace(/^\/+|\/+$/g, '');
-    if (!this.bucket) throw new ProducerError('TRAJ_E_BLOB_STORE', `no bucket in ${location}`, { hint: 'write s3://BUCKET/optional/prefix' });
-    this.client = new S3Client({
-      region: options.region ?? 'us-east-1',
-      ...(options.endpoint ? { endpoint: options.endpoint } : {}),
-      forcePathStyle: options.forcePathStyle ?? false,
-    });
+    const where = parseS3Location(location);
+    if (!where) throw new ProducerError('TRAJ_E_BLOB_STORE', `no bucket in ${location}`, { hint: 'write s3://BUCKET/optional/prefix' });
+    this.bucket = where.bucket;
+    this.prefix = where.prefix;
+    this.client = createS3Client(options);
   }
 
   private keyOf(sha256: string): string {
@@ -181,12 +172,11 @@ export class S3BlobStore implements BlobStore {
       await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keyOf(sha256) }));
       return true;
     } catch (err) {
-      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-      if (status === 404) return false;
+      if (s3Status(err) === 404) return false;
       throw new ProducerError('TRAJ_E_BLOB_STORE', `could not reach ${this.uriOf(sha256)}: ${(err as Error).message}`, {
         cause: err,
         retriable: true,
-        hint: 'check storage.s3_endpoint, the bucket, and AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)',
+        hint: S3_HINT,
       });
     }
   }
@@ -198,7 +188,7 @@ export class S3BlobStore implements BlobStore {
       throw new ProducerError('TRAJ_E_BLOB_STORE', `could not ${what} in s3://${this.bucket}: ${(err as Error).message}`, {
         cause: err,
         retriable: true,
-        hint: 'check storage.s3_endpoint, the bucket, and AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)',
+        hint: S3_HINT,
       });
     }
   }

@@ -10,11 +10,27 @@ import type { Kafka } from 'kafkajs';
 import { createClickHouse } from '../../src/clickhouse/client.js';
 import { createKafka, ensureTopics } from '../../src/kafka/client.js';
 import { servicesOptionsFromEnv } from '../../src/services/manager.js';
+import { LOCAL_S3_BUCKET, LOCAL_S3_CREDENTIALS } from '../../src/services/s3.js';
+import type { S3Options } from '../../src/storage/s3.js';
 import { createLogger } from '../../src/util/logger.js';
 
 const services = servicesOptionsFromEnv();
 export const KAFKA_BROKERS = [`${services.host}:${services.kafkaPort}`];
 export const CLICKHOUSE_URL = `http://${services.host}:${services.clickhouseHttpPort}`;
+
+/**
+ * The local S3-compatible store (`services up --s3`, which scripts/test.sh runs): its options,
+ * and an s3:// location under a prefix of this test's own. The AWS SDK reads credentials from
+ * the environment, so the local store's are put there (the suite never talks to real AWS).
+ */
+export function testS3(prefix = 'test'): { location: string; options: S3Options } {
+  process.env.AWS_ACCESS_KEY_ID = LOCAL_S3_CREDENTIALS.accessKeyId;
+  process.env.AWS_SECRET_ACCESS_KEY = LOCAL_S3_CREDENTIALS.secretAccessKey;
+  return {
+    location: `s3://${LOCAL_S3_BUCKET}/${uniqueName(prefix)}`,
+    options: { endpoint: `http://${services.host}:${services.s3Port}`, region: 'us-east-1', forcePathStyle: true },
+  };
+}
 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
 

@@ -1,21 +1,22 @@
 /**
- * Versions: a streaming run publishes immutable adapter versions, writes policy.versions, and the
- * CPU policy server (vLLM's API) loads each under `<run>-v<N>` and answers with it; versions past
- * the window are unloaded; a server that was down catches up on the newest version.
+ * Versions: a streaming run publishes immutable adapter versions (here to the S3-compatible
+ * store; the crash and replay tests use the local one), writes policy.versions, and the CPU
+ * policy server (vLLM's API) loads each under `<run>-v<N>` and answers with it; versions past the
+ * window are unloaded; a server that was down catches up on the newest version.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { adapterChecksum, LocalAdapterStore } from '../../src/consumers/trainer/adapter-store.js';
+import { adapterChecksum, LocalAdapterStore, S3AdapterStore } from '../../src/consumers/trainer/adapter-store.js';
 import { adapterName, VersionPublisher } from '../../src/consumers/trainer/publisher.js';
 import { runStreamingTrainer } from '../../src/consumers/trainer/stream.js';
 import { ensureEngineVenv, ensureTinyModel, freePort, makeTestAdapter, startCpuPolicyServer } from '../../src/inference/cpu-policy-server.js';
 import { policyApi } from '../../src/inference/vllm-api.js';
 import { decodePolicyVersion, decodeTrainerStepMetrics, type PolicyVersion, type TrainerStepMetrics } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
-import { testKafka, testTopic, uniqueName } from '../support/services.js';
+import { testKafka, testS3, testTopic, uniqueName } from '../support/services.js';
 import { groupEvents, produceGroups, runTopics, testConfig } from './fixtures.js';
 
 const logger = createLogger('test-publish', { level: 'warn', pretty: false });
@@ -43,7 +44,7 @@ describe('version publishing', () => {
   const dir = mkdtempSync(join(tmpdir(), 'trajstore-publish-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('a streaming run publishes versions that the policy server loads and answers with; old ones are unloaded', { timeout: 600_000 }, async (t) => {
+  it('a streaming run publishes versions to S3 that the policy server loads and answers with; old ones are unloaded', { timeout: 600_000 }, async (t) => {
     await ensureEngineVenv({ install: true });
     const modelDir = await ensureTinyModel();
     const server = await startCpuPolicyServer({ maxLoras: 4 });
@@ -55,6 +56,11 @@ describe('version publishing', () => {
     config.training.publish_every_steps = 1;
     config.training.max_steps = 3;
     config.inference.max_loaded_adapters = 2;
+    const s3 = testS3('pub');
+    config.storage.adapters = s3.location;
+    config.storage.adapter_cache = join(dir, 'adapter-cache');
+    config.storage.s3_endpoint = s3.options.endpoint;
+    config.storage.s3_force_path_style = true;
     // One partition, the equal-reward group first: it is decided (and counted) before step 1.
     config.kafka.partitions = 1;
     await runTopics(t, kafka, config);
@@ -65,18 +71,21 @@ describe('version publishing', () => {
     assert.equal(result.steps, 3);
     assert.equal(result.policyVersion, 3);
 
-    // Immutable directories in the store, and one policy.versions event per version with their checksums.
-    const store = new LocalAdapterStore(config.storage.adapters);
+    // Versions in S3 (events name them there) with a local copy each, and one policy.versions event per version with their checksums.
+    const cache = new LocalAdapterStore(config.storage.adapter_cache);
     const versions = (await readAll(kafka, config.kafka.topics.policy_versions, decodePolicyVersion, (xs) => xs.filter((x) => x.run_id === runId).length >= 3))
       .filter((v: PolicyVersion) => v.run_id === runId);
     assert.deepEqual(versions.map((v) => v.version), [1, 2, 3]);
     assert.deepEqual(versions.map((v) => v.parent_version), [null, 1, 2]);
     for (const v of versions) {
       assert.equal(v.served_model_name, adapterName(runId, v.version));
-      assert.equal(v.adapter_checksum, adapterChecksum(store.versionDir(runId, v.version)));
+      assert.equal(v.adapter_checksum, adapterChecksum(cache.versionDir(runId, v.version)));
+      assert.ok(v.adapter_uri.startsWith(`${s3.location}/${runId}/v${v.version}/`), v.adapter_uri);
       assert.equal(v.training_step, v.version);
     }
     assert.notEqual(versions[0]!.adapter_checksum, versions[2]!.adapter_checksum, 'training changed the adapter');
+    const fromS3 = await new S3AdapterStore(s3.location, new LocalAdapterStore(join(dir, 'fresh-cache')), s3.options).open(runId, 3, versions[2]!.adapter_checksum);
+    assert.equal(adapterChecksum(fromS3.dir), versions[2]!.adapter_checksum, 'the bucket holds the same bytes');
 
     // The server has the newest two, and answers requests for the newest with it.
     const api = policyApi(server.baseUrl);
@@ -107,7 +116,7 @@ describe('version publishing', () => {
     const runId = uniqueName('catch');
     const publisher = new VersionPublisher({ runId, baseModel: 'tiny', apiBases: [`http://127.0.0.1:${port}/v1`], window: 2, topic, producer, logger, requestTimeoutMs: 10_000 });
     const store = new LocalAdapterStore(join(dir, 'store2'));
-    const adapters = [1, 2].map((v) => store.publish(runId, v, makeTestAdapter(join(dir, `a${v}`), { modelDir, seed: v, rank: 4 })));
+    const adapters = await Promise.all([1, 2].map((v) => store.publish(runId, v, makeTestAdapter(join(dir, `a${v}`), { modelDir, seed: v, rank: 4 }))));
     for (const [i, a] of adapters.entries()) {
       const { loadMs } = await publisher.publish({ adapter: a, step: i + 1, parentVersion: i === 0 ? null : i, checkpointUri: null, metrics: {} });
       assert.deepEqual(loadMs, [null], 'the server is down');
@@ -124,13 +133,4 @@ describe('version publishing', () => {
     assert.ok(existsSync(store.versionDir(runId, 1)), 'older versions stay in the store');
   });
 
-  it('republishing a version with other bytes is refused; with the same bytes it is a no-op', async () => {
-    const modelDir = await ensureTinyModel();
-    const store = new LocalAdapterStore(join(dir, 'store3'));
-    const a = makeTestAdapter(join(dir, 'b1'), { modelDir, seed: 1, rank: 4 });
-    const b = makeTestAdapter(join(dir, 'b2'), { modelDir, seed: 2, rank: 4 });
-    const first = store.publish('r', 1, a);
-    assert.deepEqual(store.publish('r', 1, a), first);
-    assert.throws(() => store.publish('r', 1, b), { code: 'TRAJ_E_TRAINER_VERSION_CONFLICT' });
-  });
 });

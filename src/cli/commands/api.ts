@@ -4,6 +4,7 @@ import { loadConfig, type TrajstoreConfig } from '../../config/index.js';
 import { ApiSection, ClickHouseSection, KafkaSection, StorageSection } from '../../config/schema.js';
 import { createKafka } from '../../kafka/client.js';
 import { openBlobStore } from '../../storage/blob-store.js';
+import { s3OptionsOf } from '../../storage/s3.js';
 import { ConfigError } from '../../util/errors.js';
 import { createLogger } from '../../util/logger.js';
 import { buildApi } from '../../api/server.js';
@@ -34,7 +35,7 @@ export function registerApiCommand(program: Command): void {
           trainerMetrics: sections.kafka.topics.trainer_metrics,
           deadLetter: sections.kafka.topics.dead_letter,
         },
-        blobs: openBlobStore(sections.storage.blobs, { endpoint: sections.storage.s3_endpoint, region: sections.storage.s3_region, forcePathStyle: sections.storage.s3_force_path_style }),
+        blobs: openBlobStore(sections.storage.blobs, s3OptionsOf(sections.storage)),
         blobsLocation: sections.storage.blobs,
         config,
         logger,

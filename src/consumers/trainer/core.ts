@@ -17,8 +17,9 @@ import type { EngineClient } from '../../engine/client.js';
 import { writeBatchFile } from '../../engine/batch-file.js';
 import { EngineBatchError } from '../../engine/errors.js';
 import { buildDeadLetter, encodeTrainerStepMetrics } from '../../schemas/index.js';
+import { s3OptionsOf } from '../../storage/s3.js';
 import type { Logger } from '../../util/logger.js';
-import { LocalAdapterStore, type StoredAdapter } from './adapter-store.js';
+import { openAdapterStore, type AdapterStore, type StoredAdapter } from './adapter-store.js';
 import { GroupAssembler, type AssemblerCounters } from './assembler.js';
 import { StepBatcher, stepTensors } from './batcher.js';
 import { checkpointDir, pruneCheckpoints, type TrainerState } from './checkpoints.js';
@@ -76,7 +77,7 @@ export class TrainerCore {
   readonly totals: Record<string, number> = {};
   private droppedSinceStep: Record<string, number> = {};
   private pendingDrops: Record<string, string> = {};
-  private readonly store: LocalAdapterStore;
+  private readonly store: AdapterStore;
   private readonly filter: FilterOptions;
   private readonly outDir: string;
   private lastPublishMs: number | null = null;
@@ -87,7 +88,7 @@ export class TrainerCore {
     const c = o.config;
     this.outDir = resolve(c.training.output_dir);
     mkdirSync(join(this.outDir, 'batches'), { recursive: true });
-    this.store = new LocalAdapterStore(c.storage.adapters);
+    this.store = openAdapterStore({ adapters: c.storage.adapters, adapterCache: c.storage.adapter_cache, s3: s3OptionsOf(c.storage) });
     this.filter = {
       maxStaleness: c.training.max_staleness,
       stalePolicy: c.training.stale_policy,
@@ -110,7 +111,6 @@ export class TrainerCore {
       this.logVersion = r.log_version ?? 0;
       this.versionStep = r.step;
       Object.assign(this.totals, r.totals);
-      if (r.published) this.published = { version: r.published.version, dir: r.published.dir, checksum: r.published.checksum, uri: `file://${r.published.dir}` };
       this.ledger.truncate(r.ledger_seq);
     } else {
       this.ledger.truncate(0);
@@ -334,7 +334,7 @@ export class TrainerCore {
 
   /** Copies the checkpoint's adapter into the store, writes policy.versions, loads it on the servers. */
   private async publishVersion(ckpt: { dir: string; adapterDir: string }, engineMetrics: Record<string, number | null>): Promise<void> {
-    const adapter = this.store.publish(this.o.runId, this.version, ckpt.adapterDir);
+    const adapter = await this.store.publish(this.o.runId, this.version, ckpt.adapterDir);
     const parent = this.published?.version ?? null;
     this.published = adapter;
     this.count('versions_published', 1);
@@ -358,10 +358,12 @@ export class TrainerCore {
     if (this.version === 0) return;
     const atVersionStep = this.o.resume?.published === null;
     if (atVersionStep) {
-      const adapter = this.store.publish(this.o.runId, this.version, join(checkpoint.dir, 'adapter'));
+      const adapter = await this.store.publish(this.o.runId, this.version, join(checkpoint.dir, 'adapter'));
       this.published = adapter;
       await this.o.publisher?.publish({ adapter, step: checkpoint.step, parentVersion: this.version > 1 ? this.version - 1 : null, checkpointUri: `file://${checkpoint.dir}`, metrics: {} });
-    } else if (this.published) {
+    } else if (this.o.resume?.published) {
+      const { version, checksum } = this.o.resume.published;
+      this.published = await this.store.open(this.o.runId, version, checksum);
       this.o.publisher?.setLatest(this.published);
       await this.o.publisher?.catchUp();
     }

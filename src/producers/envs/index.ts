@@ -5,6 +5,7 @@
  */
 import type { TrajstoreConfig } from '../../config/index.js';
 import { openBlobStore } from '../../storage/blob-store.js';
+import { s3OptionsOf } from '../../storage/s3.js';
 import type { Logger } from '../../util/logger.js';
 import type { EnvironmentFactory } from '../environment.js';
 import { TextTasks, textEnvOptions } from './text.js';
@@ -17,17 +18,13 @@ export async function createEnvironments(config: TrajstoreConfig, logger: Logger
       return new TextTasks(seed, textEnvOptions(options));
     case 'browser': {
       const { BrowserTasks, browserEnvOptions } = await import('./browser.js');
-      const blobs = openBlobStore(config.storage.blobs, storageS3(config));
+      const blobs = openBlobStore(config.storage.blobs, s3OptionsOf(config.storage));
       return BrowserTasks.launch(seed, browserEnvOptions(options), blobs, logger);
     }
     case 'gbox': {
       const { GBoxTasks, gboxEnvOptions } = await import('./gbox.js');
-      const blobs = openBlobStore(config.storage.blobs, storageS3(config));
+      const blobs = openBlobStore(config.storage.blobs, s3OptionsOf(config.storage));
       return new GBoxTasks(seed, gboxEnvOptions(options, env), blobs, logger);
     }
   }
-}
-
-function storageS3(config: TrajstoreConfig) {
-  return { endpoint: config.storage.s3_endpoint, region: config.storage.s3_region, forcePathStyle: config.storage.s3_force_path_style };
 }
