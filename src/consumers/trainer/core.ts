@@ -270,7 +270,7 @@ export class TrainerCore {
     let ckpt: { dir: string; adapterDir: string } | null = null;
     if (save) ckpt = await this.checkpoint(publish);
     const tSaved = performance.now();
-    if (publish && ckpt) await this.publishVersion(ckpt, reply.metrics);
+    if (publish && ckpt) await this.publishVersion(ckpt, reply.metrics, tTrained);
     else await this.o.publisher?.catchUp();
     const tPublished = performance.now();
 
@@ -332,8 +332,12 @@ export class TrainerCore {
     return { dir, adapterDir: saved.result.adapter_path ?? join(dir, 'adapter') };
   }
 
-  /** Copies the checkpoint's adapter into the store, writes policy.versions, loads it on the servers. */
-  private async publishVersion(ckpt: { dir: string; adapterDir: string }, engineMetrics: Record<string, number | null>): Promise<void> {
+  /**
+   * Copies the checkpoint's adapter into the store, loads it on the servers, writes
+   * policy.versions. `stepDoneAt` (the optimizer step's end) starts the publish latency clock:
+   * saving and storing count, since no server can load a version before they are done.
+   */
+  private async publishVersion(ckpt: { dir: string; adapterDir: string }, engineMetrics: Record<string, number | null>, stepDoneAt: number): Promise<void> {
     const adapter = await this.store.publish(this.o.runId, this.version, ckpt.adapterDir);
     const parent = this.published?.version ?? null;
     this.published = adapter;
@@ -344,9 +348,8 @@ export class TrainerCore {
       const v = engineMetrics[k];
       if (typeof v === 'number' && Number.isFinite(v)) metrics[k] = v;
     }
-    const t0 = performance.now();
     const { loadMs } = await this.o.publisher.publish({ adapter, step: this.versionStep, parentVersion: parent, checkpointUri: `file://${ckpt.dir}`, metrics });
-    this.lastPublishMs = performance.now() - t0;
+    this.lastPublishMs = performance.now() - stepDoneAt;
     this.o.logger.info({ version: adapter.version, checksum: adapter.checksum, servers_ms: loadMs.map((m) => (m === null ? null : Math.round(m))) }, 'version published');
   }
 
@@ -374,8 +377,9 @@ export class TrainerCore {
     if (this.step === 0 || this.versionStep === this.step) return;
     this.version++;
     this.versionStep = this.step;
+    const stepDoneAt = performance.now();
     const ckpt = await this.checkpoint(true);
-    await this.publishVersion(ckpt, {});
+    await this.publishVersion(ckpt, {}, stepDoneAt);
   }
 
   /** The newest version in the adapter store (null before the first). */
