@@ -1,6 +1,6 @@
 /**
- * The content-addressed blob store: local directory (the default) and the S3 client's real
- * failure path (no S3-compatible server runs here, so only refusal is tested against the SDK).
+ * The content-addressed blob store: local directory (the default) and S3, against the local
+ * S3-compatible server that `services up --s3` starts, and against an endpoint that is down.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
@@ -8,8 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { ProducerError } from '../../src/producers/errors.js';
 import { freePort } from '../../src/inference/cpu-policy-server.js';
+import { createS3Client, parseS3Location } from '../../src/storage/s3.js';
+import { testS3 } from '../support/services.js';
 import { LocalBlobStore, openBlobStore, S3BlobStore, sha256Hex } from '../../src/storage/blob-store.js';
 
 test('a blob is stored once under its SHA-256 and read back verified', async () => {
@@ -43,4 +46,20 @@ test('s3:// selects the S3 store; an unreachable endpoint is a TRAJ_E_BLOB_STORE
   await assert.rejects(store.put(Buffer.from('x'), 'image/png'), (err: unknown) =>
     err instanceof ProducerError && err.code === 'TRAJ_E_BLOB_STORE' && /s3_endpoint/.test(err.hint!));
   assert.throws(() => openBlobStore('ftp://x/y'), /unsupported blob store location/);
+});
+
+test('an S3 store keeps a blob once under its hash and refuses one changed in the bucket', async () => {
+  const s3 = testS3('blobs');
+  const store = openBlobStore(s3.location, s3.options);
+  const bytes = Buffer.from('a screenshot in a bucket');
+  const sha = sha256Hex(bytes);
+  assert.equal(await store.has(sha), false);
+  const ref = await store.put(bytes, 'image/png');
+  assert.deepEqual(ref, { sha256: sha, uri: store.uriOf(sha), byteSize: bytes.length, mediaType: 'image/png' });
+  assert.deepEqual(await store.put(bytes, 'image/png'), ref, 'a second put is the same blob');
+  assert.equal(await store.has(sha), true);
+  assert.deepEqual(await store.get(sha), bytes);
+  const { bucket } = parseS3Location(s3.location)!;
+  await createS3Client(s3.options).send(new PutObjectCommand({ Bucket: bucket, Key: ref.uri.slice(`s3://${bucket}/`.length), Body: 'tampered' }));
+  await assert.rejects(store.get(sha), (err: unknown) => err instanceof ProducerError && /corrupted/.test(err.message));
 });
