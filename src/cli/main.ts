@@ -10,6 +10,7 @@ import { registerReportCommand } from './commands/report.js';
 import { registerReplayCommand } from './commands/replay.js';
 import { registerTopicsCommand } from './commands/topics.js';
 import { registerTrainCommand } from './commands/train.js';
+import { registerAdaptersCommand } from './commands/adapters.js';
 import { registerApiCommand } from './commands/api.js';
 
 /** `trajstore`: one entry point, a subcommand per role (services, config, rollout, sink, train, …). */
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerReportCommand(program);
   registerTrainCommand(program);
   registerReplayCommand(program);
+  registerAdaptersCommand(program);
   registerApiCommand(program);
   return program;
 }

@@ -56,6 +56,15 @@ for (const [kind, open] of kinds) {
       assert.deepEqual(await store.open('run', 1, first.checksum), first);
     });
 
+    it('lists the committed versions of a run, oldest first', async () => {
+      const store = open();
+      assert.deepEqual(await store.versions('run'), []);
+      const v2 = await store.publish('run', 2, adapterB);
+      const v1 = await store.publish('run', 1, adapterA);
+      await store.publish('other', 1, adapterB);
+      assert.deepEqual(await store.versions('run'), [v1, v2].map(({ version, checksum, uri }) => ({ version, checksum, uri })));
+    });
+
     it('opening a version the store does not have says which and what to do', async () => {
       await assert.rejects(open().open('run', 7, adapterChecksum(adapterA)), (err: { code?: string; message: string; hint?: string }) =>
         err.code === 'TRAJ_E_TRAINER_ADAPTER_STORE' && /version 7 of run run is not in the adapter store/.test(err.message) && /storage\.adapters/.test(err.hint ?? ''));
@@ -75,6 +84,15 @@ describe('S3 adapter store', () => {
     const files = readdirSync(adapterA).sort();
     assert.ok(files.includes('adapter_model.safetensors'));
     assert.deepEqual(listed.Contents?.map((o) => o.Key!.slice(prefix.length + 1)).sort(), [...files.map((f) => `run/v1/${hex}/${f}`), 'run/v1/manifest.json']);
+  });
+
+  it('a version whose manifest was never written (a crash mid-upload) is not listed', async () => {
+    const s3 = testS3('uncommitted');
+    const store = s3Store(s3.location, s3.options);
+    const v1 = await store.publish('run', 1, adapterA);
+    const { bucket, prefix } = parseS3Location(s3.location)!;
+    await createS3Client(s3.options).send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/run/v2/${'0'.repeat(64)}/adapter_config.json`, Body: '{}' }));
+    assert.deepEqual((await store.versions('run')).map((v) => v.version), [v1.version]);
   });
 
   it('a trainer whose local copy is gone gets the version back from the bucket, verified', async () => {

@@ -15,7 +15,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { createS3Client, parseS3Location, S3_HINT, s3Status, type S3Options } from '../../storage/s3.js';
 import { TrainerError, TrainerErrorCode } from './errors.js';
 
@@ -29,7 +29,16 @@ export interface StoredAdapter {
   uri: string;
 }
 
+/** A committed version as the store lists it. */
+export interface VersionEntry {
+  version: number;
+  checksum: string;
+  uri: string;
+}
+
 export interface AdapterStore {
+  /** Where the store is (`storage.adapters`), for messages. */
+  readonly location: string;
   /** Stores the PEFT files of `adapterDir` as `version` of `runId` (idempotent for the same bytes). */
   publish(runId: string, version: number, adapterDir: string): Promise<StoredAdapter>;
   /**
@@ -37,6 +46,8 @@ export interface AdapterStore {
    * gone: fetched from the store when missing, and checked against `checksum`.
    */
   open(runId: string, version: number, checksum: string): Promise<StoredAdapter>;
+  /** The run's committed versions, oldest first. */
+  versions(runId: string): Promise<VersionEntry[]>;
 }
 
 export interface AdapterStoreLocations {
@@ -60,7 +71,7 @@ export function openAdapterStore(where: AdapterStoreLocations): AdapterStore {
 export class LocalAdapterStore implements AdapterStore {
   readonly root: string;
 
-  constructor(location: string) {
+  constructor(readonly location: string) {
     this.root = resolve(location.replace(/^file:\/\//, ''));
   }
 
@@ -109,6 +120,19 @@ export class LocalAdapterStore implements AdapterStore {
     checkSameVersion(dir, adapterChecksum(dir), checksum);
     return { version, dir, checksum, uri: `file://${dir}` };
   }
+
+  async versions(runId: string): Promise<VersionEntry[]> {
+    const runDir = join(this.root, runId);
+    if (!existsSync(runDir)) return [];
+    return readdirSync(runDir)
+      .filter((name) => /^v\d+$/.test(name))
+      .map((name) => Number(name.slice(1)))
+      .sort((a, b) => a - b)
+      .map((version) => {
+        const dir = this.versionDir(runId, version);
+        return { version, checksum: adapterChecksum(dir), uri: `file://${dir}` };
+      });
+  }
 }
 
 /** What `manifest.json` says of a version in S3; written last, so its presence means the version is complete. */
@@ -137,7 +161,7 @@ export class S3AdapterStore implements AdapterStore {
   readonly prefix: string;
   private readonly client: S3Client;
 
-  constructor(location: string, private readonly cache: LocalAdapterStore, options: S3Options) {
+  constructor(readonly location: string, private readonly cache: LocalAdapterStore, options: S3Options) {
     const where = parseS3Location(location);
     if (!where) throw new TrainerError(TrainerErrorCode.ADAPTER_STORE, `no bucket in ${location}`, { hint: 'write s3://BUCKET/optional/prefix' });
     this.bucket = where.bucket;
@@ -217,9 +241,34 @@ export class S3AdapterStore implements AdapterStore {
     }
   }
 
+  async versions(runId: string): Promise<VersionEntry[]> {
+    const runPrefix = this.runPrefix(runId);
+    const committed: number[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.call(`list s3://${this.bucket}/${runPrefix}`, () => this.client.send(new ListObjectsV2Command({
+        Bucket: this.bucket, Prefix: runPrefix, ...(token ? { ContinuationToken: token } : {}),
+      })));
+      for (const o of page.Contents ?? []) {
+        const m = /^v(\d+)\/manifest\.json$/.exec(o.Key!.slice(runPrefix.length));
+        if (m) committed.push(Number(m[1]));
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    const entries: VersionEntry[] = [];
+    for (const version of committed.sort((a, b) => a - b)) {
+      const manifest = await this.readManifest(runId, version);
+      if (manifest) entries.push({ version, checksum: manifest.checksum, uri: this.uriOf(runId, version, manifest.checksum) });
+    }
+    return entries;
+  }
+
+  private runPrefix(runId: string): string {
+    return this.prefix ? `${this.prefix}/${runId}/` : `${runId}/`;
+  }
+
   private keyOf(runId: string, version: number, name: string): string {
-    const key = `${runId}/v${version}/${name}`;
-    return this.prefix ? `${this.prefix}/${key}` : key;
+    return `${this.runPrefix(runId)}v${version}/${name}`;
   }
 
   private filesPrefix(runId: string, version: number, checksum: string): string {
@@ -252,6 +301,19 @@ export class S3AdapterStore implements AdapterStore {
   private error(what: string, err: unknown): TrainerError {
     return new TrainerError(TrainerErrorCode.ADAPTER_STORE, `could not ${what}: ${(err as Error).message}`, { cause: err, retriable: true, hint: S3_HINT });
   }
+}
+
+/**
+ * Copies a stored version's files into `dest` (absent or empty) and checks the copy's checksum:
+ * a version handed to a policy host or an evaluation elsewhere (`trajstore adapters pull`).
+ */
+export function copyVersion(stored: StoredAdapter, dest: string): void {
+  if (existsSync(dest) && readdirSync(dest).length > 0) {
+    throw new TrainerError(TrainerErrorCode.ADAPTER_STORE, `${dest} is not empty`, { hint: 'pull into a new or empty directory' });
+  }
+  mkdirSync(dest, { recursive: true });
+  for (const name of adapterFiles(stored.dir)) copyFileSync(join(stored.dir, name), join(dest, name));
+  checkSameVersion(dest, adapterChecksum(dest), stored.checksum);
 }
 
 function checkSameVersion(where: string, existing: string, checksum: string): void {
