@@ -4,7 +4,7 @@ import { loadConfig } from '../../config/index.js';
 import { runReplay } from '../../consumers/trainer/replay.js';
 import { createLogger } from '../../util/logger.js';
 
-/** `trajstore replay --source-run ID --run NEW --config FILE [--from X] [--to Y] [--dry-run]`. */
+/** `trajstore replay --source-run ID --run NEW --config FILE [--from X] [--to Y] [--dry-run] [--resume]`. */
 export function registerReplayCommand(program: Command): void {
   program
     .command('replay')
@@ -16,12 +16,13 @@ export function registerReplayCommand(program: Command): void {
     .option('--to <bound>', 'end (exclusive), same forms; default: the end of the topic when the replay starts')
     .option('--dry-run', 'print what would be trained (groups, tokens, steps, staleness, drops) without training')
     .option('--push', 'also load each new version on the config\'s policy servers')
+    .option('--resume', 'go on from the newest checkpoint of --run (same range; every group still trained once)')
     .option('--readers <n>', 'threads that fetch, decode and assemble partitions side by side (default: one per CPU, at most one per partition)', positiveInt)
-    .action(async (opts: { sourceRun: string; run: string; config: string; from?: string; to?: string; dryRun?: boolean; push?: boolean; readers?: number }) => {
+    .action(async (opts: { sourceRun: string; run: string; config: string; from?: string; to?: string; dryRun?: boolean; push?: boolean; readers?: number; resume?: boolean }) => {
       const config = loadConfig(opts.config);
       const logger = createLogger('replay');
       const result = await runReplay({
-        config, sourceRunId: opts.sourceRun, runId: opts.run, from: opts.from, to: opts.to, dryRun: opts.dryRun, push: opts.push, readers: opts.readers, logger,
+        config, sourceRunId: opts.sourceRun, runId: opts.run, from: opts.from, to: opts.to, dryRun: opts.dryRun, push: opts.push, readers: opts.readers, resume: opts.resume, logger,
       });
       console.log(JSON.stringify(result, null, opts.dryRun ? 2 : undefined));
     });

@@ -28,6 +28,25 @@ export interface TrainerState {
   totals: Record<string, number>;
   /** For replay: the log-time policy version reached (see replay.ts). */
   log_version?: number;
+  /** For replay: where in the merged group stream this checkpoint stands, so `replay --resume` goes on from it. */
+  replay?: ReplayPosition;
+}
+
+/**
+ * A replay's position. The merge hands groups over in an order that depends only on the range
+ * (replay.ts), so a resumed replay reads the same range again and skips what this checkpoint
+ * already holds: the first `groups_read` groups, except `pending` (decided but not yet trained
+ * at the save, by their place in the merge), which are handed to the trainer again.
+ */
+export interface ReplayPosition {
+  source_run: string;
+  ranges: Array<{ partition: number; start: number; end: number }>;
+  groups_read: number;
+  pending: number[];
+  /** The log-time version before the first pending group was decided (the checkpoint's own when none is pending). */
+  log_version_before_pending: number;
+  /** Undecodable records already dead-lettered, per partition (found in offset order, so the first N are skipped). */
+  dead_lettered: Record<string, number>;
 }
 
 /** `step-00000012`, and `step-00000012.1`, `.2`, ... for later saves at the same step (never overwritten). */

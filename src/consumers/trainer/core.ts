@@ -22,14 +22,14 @@ import type { Logger } from '../../util/logger.js';
 import { openAdapterStore, type AdapterStore, type StoredAdapter } from './adapter-store.js';
 import { GroupAssembler, type AssemblerCounters } from './assembler.js';
 import { StepBatcher, stepTensors } from './batcher.js';
-import { checkpointDir, pruneCheckpoints, type TrainerState } from './checkpoints.js';
+import { checkpointDir, pruneCheckpoints, type ReplayPosition, type TrainerState } from './checkpoints.js';
 import { prepareGroup, type FilterOptions } from './filters.js';
 import { Ledger } from './ledger.js';
 import { OffsetTracker, type ResumeState } from './offsets.js';
 import type { VersionPublisher } from './publisher.js';
 import { decodeRecord, type LogRecord } from './source.js';
 import { buildStepMetrics } from './step-metrics.js';
-import type { AssembledGroup, DropReason, TrainGroup } from './types.js';
+import type { AssembledGroup, DropReason, EpisodeDropReason, TrainGroup } from './types.js';
 
 export interface CoreOptions {
   config: TrajstoreConfig;
@@ -61,6 +61,16 @@ export interface CoreOptions {
   dryRun?: boolean;
   /** Where the log counters in step metrics come from when groups are assembled elsewhere (replay readers). */
   logCounters?: () => AssemblerCounters;
+  /** Replay: the source run and ranges read, kept in each checkpoint for `replay --resume`. */
+  replaySource?: Pick<ReplayPosition, 'source_run' | 'ranges'>;
+}
+
+/** A group waiting in the batcher: what it still counts when it is trained, and (replay) its place in the merge. */
+interface PendingGroup {
+  episodeDrops: Partial<Record<EpisodeDropReason, number>>;
+  downweighted: boolean;
+  seq?: number;
+  logVersionBefore?: number;
 }
 
 export class TrainerCore {
@@ -81,6 +91,12 @@ export class TrainerCore {
   private readonly filter: FilterOptions;
   private readonly outDir: string;
   private lastPublishMs: number | null = null;
+  private readonly pendingGroups = new Map<string, PendingGroup>();
+  /** Replay: groups the merge has handed over, and dead letters written, per partition. */
+  private groupsRead = 0;
+  private readonly deadLettered: Record<string, number> = {};
+  /** Replay resumed from a checkpoint: what to skip of the range read again (see ReplayPosition). */
+  private readonly replaySkip: { groupsRead: number; pending: Set<number>; deadLetters: Record<string, number> } | null = null;
   /** What a dry run would train: groups, tokens, and groups by versions behind (no sequences kept). */
   readonly dryRunPlan = { groups: 0, tokens: 0, staleness: {} as Record<string, number> };
 
@@ -111,6 +127,12 @@ export class TrainerCore {
       this.logVersion = r.log_version ?? 0;
       this.versionStep = r.step;
       Object.assign(this.totals, r.totals);
+      if (r.replay) {
+        this.replaySkip = { groupsRead: r.replay.groups_read, pending: new Set(r.replay.pending), deadLetters: { ...r.replay.dead_lettered } };
+        Object.assign(this.deadLettered, r.replay.dead_lettered);
+        // Skipped groups raise the log version again as they pass, so start from where the first pending one was decided.
+        if (r.replay.pending.length > 0) this.logVersion = r.replay.log_version_before_pending;
+      }
       this.ledger.truncate(r.ledger_seq);
     } else {
       this.ledger.truncate(0);
@@ -152,17 +174,30 @@ export class TrainerCore {
    */
   async acceptGroup(group: AssembledGroup, evicted: boolean): Promise<void> {
     if (this.done) return;
+    const seq = this.groupsRead++;
+    const skip = this.replaySkip;
+    if (skip && seq < skip.groupsRead && !skip.pending.has(seq)) {
+      this.raiseLogVersion(group); // decided before the checkpoint resumed from: only its versions still count
+      return;
+    }
     if (evicted) this.decide(group, 'evicted');
-    else this.decide(group);
+    else this.decide(group, undefined, seq);
     await this.trainReadySteps(false);
   }
 
   /** A record a replay reader could not decode: decoded again here for the codec's typed error, then dead-lettered. */
   async rejectRecord(rec: LogRecord, topic: string): Promise<void> {
+    const p = String(rec.partition);
+    const skip = this.replaySkip?.deadLetters;
+    if (skip && (skip[p] ?? 0) > 0) {
+      skip[p]!--; // dead-lettered before the checkpoint resumed from
+      return;
+    }
     try {
       decodeRecord(rec);
     } catch (err) {
       await this.deadLetter(rec, topic, err);
+      this.deadLettered[p] = (this.deadLettered[p] ?? 0) + 1;
       return;
     }
     throw new Error(`internal: record ${rec.partition}:${rec.offset} was reported undecodable but decodes`);
@@ -195,17 +230,37 @@ export class TrainerCore {
     return JSON.stringify([this.step, this.ledger.lastSeq, this.tracker.snapshotPeek(this.undecided())]);
   }
 
-  private decide(group: AssembledGroup, forced?: DropReason): void {
-    if (this.o.mode === 'replay') {
-      for (const ep of group.episodes) for (const t of ep.turns) if (t.policyVersion > this.logVersion) this.logVersion = t.policyVersion;
-    }
+  /** `seq`: the group's place in a replay's merge. */
+  private decide(group: AssembledGroup, forced?: DropReason, seq?: number): void {
+    const logVersionBefore = this.logVersion;
+    if (this.o.mode === 'replay') this.raiseLogVersion(group);
     if (forced) return this.drop(group, forced);
     const current = this.o.mode === 'stream' ? this.version : this.logVersion;
     const res = prepareGroup(group, current, this.filter);
-    for (const [k, n] of Object.entries(res.episodeDrops)) this.count(`episodes_dropped_${k}`, n);
-    if (!res.ok) return this.drop(group, res.reason);
-    if (res.group.weight < 1) this.count('groups_downweighted', 1);
+    if (!res.ok) {
+      this.countEpisodeDrops(res.episodeDrops);
+      return this.drop(group, res.reason);
+    }
+    // Counted when the group is trained: one waiting at a checkpoint is read and decided again after a resume.
+    this.pendingGroups.set(res.group.groupId, { episodeDrops: res.episodeDrops, downweighted: res.group.weight < 1, ...(seq === undefined ? {} : { seq, logVersionBefore }) });
     this.batcher.add(res.group);
+  }
+
+  private raiseLogVersion(group: AssembledGroup): void {
+    for (const ep of group.episodes) for (const t of ep.turns) if (t.policyVersion > this.logVersion) this.logVersion = t.policyVersion;
+  }
+
+  private countEpisodeDrops(drops: Partial<Record<EpisodeDropReason, number>>): void {
+    for (const [k, n] of Object.entries(drops)) this.count(`episodes_dropped_${k}`, n);
+  }
+
+  /** A group leaves the batcher, trained or dropped: the counts it carried are taken now. */
+  private settle(group: TrainGroup): void {
+    const p = this.pendingGroups.get(group.groupId);
+    this.pendingGroups.delete(group.groupId);
+    if (!p) return;
+    this.countEpisodeDrops(p.episodeDrops);
+    if (p.downweighted) this.count('groups_downweighted', 1);
   }
 
   private drop(group: Pick<AssembledGroup, 'groupId' | 'first'>, reason: DropReason): void {
@@ -222,6 +277,7 @@ export class TrainerCore {
       if (!groups) return;
       if (this.o.dryRun) {
         for (const g of groups) {
+          this.settle(g);
           this.dryRunPlan.groups++;
           this.dryRunPlan.tokens += g.tokens;
           this.dryRunPlan.staleness[String(g.versionsBehind)] = (this.dryRunPlan.staleness[String(g.versionsBehind)] ?? 0) + 1;
@@ -245,13 +301,19 @@ export class TrainerCore {
       // model) would be refused again after every restart: drop its groups, counted, and go on.
       if (!(err instanceof EngineBatchError)) throw err;
       this.o.logger.error({ err: err.message, groups: groups.map((g) => g.groupId) }, 'the engine refused the batch; its groups are dropped as invalid_batch');
-      for (const g of groups) this.drop({ groupId: g.groupId, first: g.first }, 'invalid_batch');
+      for (const g of groups) {
+        this.settle(g);
+        this.drop({ groupId: g.groupId, first: g.first }, 'invalid_batch');
+      }
       return;
     } finally {
       rmSync(batchPath, { force: true });
     }
     this.step++;
-    for (const g of groups) this.tracker.decide(g.groupId, g.first);
+    for (const g of groups) {
+      this.settle(g);
+      this.tracker.decide(g.groupId, g.first);
+    }
     this.ledger.append({ step: this.step, policy_version: this.version, trained: groups.map((g) => g.groupId), dropped: this.takeDrops() });
     this.count('groups_trained', groups.length);
     this.count('tokens_trained', groups.reduce((n, g) => n + g.tokens, 0));
@@ -321,6 +383,7 @@ export class TrainerCore {
       ledger_seq: this.ledger.lastSeq,
       totals: { ...this.totals },
       log_version: this.logVersion,
+      ...(this.o.replaySource ? { replay: this.replayPosition(this.o.replaySource) } : {}),
     };
     const dir = checkpointDir(c.checkpoint.dir, this.step);
     const saved = await this.engine().save(dir, { metadata: { trainer: state }, policyVersion: this.version });
@@ -389,6 +452,17 @@ export class TrainerCore {
 
   async catchUpServers(): Promise<void> {
     await this.o.publisher?.catchUp();
+  }
+
+  private replayPosition(source: Pick<ReplayPosition, 'source_run' | 'ranges'>): ReplayPosition {
+    const pending = [...this.pendingGroups.values()].filter((p) => p.seq !== undefined).sort((a, b) => a.seq! - b.seq!);
+    return {
+      ...source,
+      groups_read: this.groupsRead,
+      pending: pending.map((p) => p.seq!),
+      log_version_before_pending: pending[0]?.logVersionBefore ?? this.logVersion,
+      dead_lettered: { ...this.deadLettered },
+    };
   }
 
   private undecided() {

@@ -13,7 +13,12 @@
  * order (what the source run's trainer had published then): the new run's own versions never
  * sampled anything. Group timeouts run on each partition's log clock; at the end of a
  * partition's range, groups still open are closed (their remaining events lie outside it).
- * A replay's checkpoints are outputs, not resume points: a replay is run again under a new --run.
+ *
+ * Resuming (`--resume`): a checkpoint records the replay's range and its place in the merged
+ * group stream (checkpoints.ts, ReplayPosition). The resumed replay loads the engine state, reads
+ * the same range again and skips the groups the checkpoint already holds, handing over again
+ * only those that were waiting for a step, so it trains every group once and ends with the
+ * adapter an uninterrupted replay would have.
  */
 import { join, resolve } from 'node:path';
 import { Partitioners } from 'kafkajs';
@@ -21,7 +26,7 @@ import type { TrajstoreConfig } from '../../config/index.js';
 import { createKafka, ensureTopics } from '../../kafka/client.js';
 import { topicSpecs } from '../../kafka/topics.js';
 import type { Logger } from '../../util/logger.js';
-import { listCheckpoints } from './checkpoints.js';
+import { listCheckpoints, readTrainerState, type ReplayPosition, type TrainerState } from './checkpoints.js';
 import { TrainerCore } from './core.js';
 import { startEngine } from './engine-setup.js';
 import { TrainerError, TrainerErrorCode } from './errors.js';
@@ -45,6 +50,8 @@ export interface ReplayOptions {
   progress?: NodeJS.WriteStream | null;
   /** Reader threads that fetch, decode and assemble side by side (default: one per CPU, at most one per partition). */
   readers?: number;
+  /** Go on from the newest checkpoint of `runId` (its range: --from/--to must not be given). */
+  resume?: boolean;
 }
 
 export interface ReplayResult {
@@ -91,25 +98,17 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
   const config = replayConfig(opts.config, opts.runId);
   const { logger } = opts;
   const topic = config.kafka.topics.trajectories;
-  if (!opts.dryRun && listCheckpoints(config.checkpoint.dir).length > 0) {
+  const resumed = opts.resume ? resumePoint(config, opts) : null;
+  if (!opts.resume && !opts.dryRun && listCheckpoints(config.checkpoint.dir).length > 0) {
     throw new TrainerError(TrainerErrorCode.RUN_EXISTS, `replay run ${opts.runId} already has checkpoints in ${config.checkpoint.dir}`, {
-      hint: 'choose another --run, or delete that directory to replay it again',
+      hint: 'pass --resume to go on from the newest one, choose another --run, or delete that directory to replay it again',
     });
   }
   const kafka = createKafka({ brokers: config.kafka.brokers, clientId: `${config.kafka.client_id}-replay` }, logger);
   await ensureTopics(kafka, topicSpecs(config));
   const marks = await topicWatermarks(kafka, topic);
   const partitions = [...marks.keys()].sort((a, b) => a - b);
-  const start = opts.from ? await resolveBound(kafka, topic, opts.from, partitions) : new Map(partitions.map((p) => [p, marks.get(p)!.low]));
-  const end = opts.to ? await resolveBound(kafka, topic, opts.to, partitions) : new Map(partitions.map((p) => [p, marks.get(p)!.high]));
-  const ranges = partitions
-    .map((p) => {
-      const { low, high } = marks.get(p)!;
-      const s = Math.max(low, start.get(p) ?? low);
-      const e = Math.min(high, (end.get(p) ?? high) < 0 ? high : (end.get(p) ?? high));
-      return { partition: p, start: s, end: e };
-    })
-    .filter((r) => r.end > r.start);
+  const ranges = resumed?.state.replay!.ranges ?? await replayRanges(kafka, topic, marks, partitions, opts);
   const total = ranges.reduce((n, r) => n + r.end - r.start, 0);
   if (total === 0) {
     throw new TrainerError(TrainerErrorCode.REPLAY_RANGE, `the range selects no events in ${topic}`, { hint: 'check --from/--to and the topic (kafka.topics.trajectories)' });
@@ -119,6 +118,10 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, createPartitioner: Partitioners.DefaultPartitioner });
   const progress = new Progress(opts.progress === undefined ? process.stderr : opts.progress, total, 'replay');
   try {
+    if (resumed) {
+      await engine!.load(resumed.dir);
+      logger.info({ checkpoint: resumed.dir, step: resumed.state.step, groups_read: resumed.state.replay!.groups_read }, 'replay resumed from checkpoint');
+    }
     await producer.connect();
     const publisher = opts.dryRun ? null : new VersionPublisher({
       runId: opts.runId, baseModel: config.model.name, apiBases: opts.push ? config.inference.api_bases : [],
@@ -135,7 +138,11 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
         maxOpenGroups: Math.max(1, Math.ceil(config.training.max_open_groups / ranges.length)),
       },
     });
-    const core = new TrainerCore({ config, runId: opts.runId, sourceRunId: opts.sourceRunId, mode: 'replay', engine, producer, publisher, logger, dryRun: opts.dryRun, logCounters: () => readers.counters });
+    const core = new TrainerCore({
+      config, runId: opts.runId, sourceRunId: opts.sourceRunId, mode: 'replay', engine, producer, publisher, logger, dryRun: opts.dryRun,
+      logCounters: () => readers.counters, resume: resumed?.state, replaySource: { source_run: opts.sourceRunId, ranges },
+    });
+    if (resumed) await core.republishAfterResume(resumed);
     readers.start();
     try {
       for await (const input of readers.inputs()) {
@@ -163,4 +170,47 @@ export async function runReplay(opts: ReplayOptions): Promise<ReplayResult> {
     await producer.disconnect().catch(() => undefined);
     await engine?.shutdown().catch(() => undefined);
   }
+}
+
+/** The ranges a new replay reads: --from/--to resolved against the topic as it is now. */
+async function replayRanges(
+  kafka: Parameters<typeof offsetsAtTime>[0], topic: string, marks: Awaited<ReturnType<typeof topicWatermarks>>, partitions: number[], opts: ReplayOptions,
+): Promise<ReplayPosition['ranges']> {
+  const start = opts.from ? await resolveBound(kafka, topic, opts.from, partitions) : new Map(partitions.map((p) => [p, marks.get(p)!.low]));
+  const end = opts.to ? await resolveBound(kafka, topic, opts.to, partitions) : new Map(partitions.map((p) => [p, marks.get(p)!.high]));
+  return partitions
+    .map((p) => {
+      const { low, high } = marks.get(p)!;
+      const s = Math.max(low, start.get(p) ?? low);
+      const e = Math.min(high, (end.get(p) ?? high) < 0 ? high : (end.get(p) ?? high));
+      return { partition: p, start: s, end: e };
+    })
+    .filter((r) => r.end > r.start);
+}
+
+/** The newest checkpoint of a replay run, checked against this invocation. */
+function resumePoint(config: TrajstoreConfig, opts: ReplayOptions): { dir: string; step: number; state: TrainerState } {
+  if (opts.dryRun || opts.from || opts.to) {
+    throw new TrainerError(TrainerErrorCode.REPLAY_RANGE, '--resume reads the range the replay started with; it takes no --from, --to or --dry-run', {
+      hint: 'drop those options, or start a new replay under another --run',
+    });
+  }
+  const newest = listCheckpoints(config.checkpoint.dir)[0];
+  if (!newest) {
+    throw new TrainerError(TrainerErrorCode.CHECKPOINT, `replay run ${opts.runId} has no checkpoint in ${config.checkpoint.dir} to resume from`, {
+      hint: 'run the replay without --resume (it starts from the beginning of its range)',
+    });
+  }
+  const state = readTrainerState(newest.dir);
+  if (!state.replay || state.run_id !== opts.runId) {
+    throw new TrainerError(TrainerErrorCode.CHECKPOINT, `${newest.dir} is not a checkpoint of replay run ${opts.runId}`, {
+      hint: 'resume with the --run that wrote it; checkpoints written before replays could resume cannot be resumed',
+    });
+  }
+  if (state.replay.source_run !== opts.sourceRunId) {
+    throw new TrainerError(TrainerErrorCode.CHECKPOINT, `replay run ${opts.runId} was replaying source run ${state.replay.source_run}, not ${opts.sourceRunId}`, {
+      hint: `pass --source-run ${state.replay.source_run}`,
+    });
+  }
+  return { ...newest, state };
 }
