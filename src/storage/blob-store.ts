@@ -14,6 +14,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ProducerError } from '../producers/errors.js';
+import { parseStorageLocation } from './location.js';
 import { createS3Client, parseS3Location, S3_HINT, s3Status, type S3Options } from './s3.js';
 
 export interface StoredBlob {
@@ -41,13 +42,13 @@ export function sha256Hex(bytes: Uint8Array): string {
 
 /** A local directory by default; `s3://bucket/prefix` selects an S3-compatible bucket. */
 export function openBlobStore(location: string, s3: S3Options = {}): BlobStore {
-  if (location.startsWith('s3://')) return new S3BlobStore(location, s3);
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location) && !location.startsWith('file://')) {
+  const where = parseStorageLocation(location);
+  if (!where) {
     throw new ProducerError('TRAJ_E_BLOB_STORE', `unsupported blob store location ${location}`, {
       hint: 'use a local directory, a file:// URI, or s3://bucket/prefix (storage.blobs)',
     });
   }
-  return new LocalBlobStore(location.startsWith('file://') ? new URL(location).pathname : location);
+  return where.kind === 's3' ? new S3BlobStore(where.uri, s3) : new LocalBlobStore(where.path);
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;

@@ -16,6 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { parseStorageLocation } from '../../storage/location.js';
 import { createS3Client, parseS3Location, S3_HINT, s3Status, type S3Options } from '../../storage/s3.js';
 import { TrainerError, TrainerErrorCode } from './errors.js';
 
@@ -59,20 +60,21 @@ export interface AdapterStoreLocations {
 }
 
 export function openAdapterStore(where: AdapterStoreLocations): AdapterStore {
-  if (where.adapters.startsWith('s3://')) return new S3AdapterStore(where.adapters, new LocalAdapterStore(where.adapterCache), where.s3 ?? {});
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(where.adapters) && !where.adapters.startsWith('file://')) {
+  const store = parseStorageLocation(where.adapters);
+  if (!store) {
     throw new TrainerError(TrainerErrorCode.ADAPTER_STORE, `adapter store ${where.adapters}: unsupported location`, {
       hint: 'set storage.adapters to a local directory, a file:// URI, or s3://bucket/prefix',
     });
   }
-  return new LocalAdapterStore(where.adapters);
+  return store.kind === 's3' ? new S3AdapterStore(store.uri, new LocalAdapterStore(where.adapterCache), where.s3 ?? {}) : new LocalAdapterStore(store.path);
 }
 
+/** Versions in a local directory (`location`: a path). */
 export class LocalAdapterStore implements AdapterStore {
   readonly root: string;
 
   constructor(readonly location: string) {
-    this.root = resolve(location.replace(/^file:\/\//, ''));
+    this.root = resolve(location);
   }
 
   versionDir(runId: string, version: number): string {
