@@ -23,8 +23,9 @@ def lora(engine):
 
 def main(model_dir, batch_path, ckpt, out_path, extra):
     dist = DistContext.from_env()
-    cfg = {"model": {"path": model_dir}, "optim": {"lr": 1e-2}, "lora": {"dropout": 0.0},
-           "training": {"micro_batch_tokens": 40}, **json.loads(extra)}
+    extra = json.loads(extra)
+    cfg = {"model": {"path": model_dir, **extra.pop("model", {})}, "optim": {"lr": 1e-2},
+           "lora": {"dropout": 0.0}, "training": {"micro_batch_tokens": 40}, **extra}
     engine = Engine(EngineConfig.from_dict(cfg), dist)
     metrics = [engine.train_step(batch_path)["metrics"] for _ in range(2)]
     engine.save(ckpt)

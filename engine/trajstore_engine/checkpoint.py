@@ -2,7 +2,7 @@
 
     CKPT/
       adapter/adapter_config.json          PEFT format: PeftModel.from_pretrained and vLLM load it
-      adapter/adapter_model.safetensors    LoRA weights (float32 master weights)
+      adapter/adapter_model.safetensors    LoRA weights (float32 master weights; float64 for a float64 model)
       optimizer.pt                         AdamW state (whole, gathered from all ranks)
       rng.pt                               torch RNG states (CPU and CUDA) of every rank
       trainer_state.json                   step, policy version, caller's metadata, engine config
@@ -177,7 +177,7 @@ def _full_adapter_state(engine: "Engine") -> dict[str, torch.Tensor]:
         t = p.detach()
         if hasattr(t, "full_tensor"):
             t = t.full_tensor()
-        out[name] = t.float().cpu().clone()
+        out[name] = t.to(torch.promote_types(t.dtype, torch.float32)).cpu().clone()  # master precision
     return out
 
 

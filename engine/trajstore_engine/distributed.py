@@ -60,8 +60,11 @@ class DistContext:
     def shard(self, decoder, param_dtype: torch.dtype) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype if param_dtype != torch.float32 else None,
-                                  reduce_dtype=torch.float32)
+        # Gradients are reduced in float32 (bf16 sums lose too much), or in float64 for a float64
+        # model: reducing below the parameters' precision would make ranks differ from one process.
+        full = param_dtype in (torch.float32, torch.float64)
+        mp = MixedPrecisionPolicy(param_dtype=None if full else param_dtype,
+                                  reduce_dtype=param_dtype if full else torch.float32)
         layers = list(decoder.layers)
         for layer in layers:
             fully_shard(layer, mesh=self.mesh, mp_policy=mp, reshard_after_forward=True)

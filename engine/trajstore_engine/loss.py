@@ -46,10 +46,12 @@ def policy_loss(logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, advanta
                 weights: torch.Tensor, cfg: LossConfig, proximal_logprobs: torch.Tensor | None = None,
                 base_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenTerms]:
     """Weighted sum of the per-token loss over these tokens (a scalar), and the per-token terms."""
-    lp = logprobs.float()
-    behav = behavior_logprobs.float()
-    adv = advantages.float()
-    prox = lp.detach() if proximal_logprobs is None else proximal_logprobs.float()
+    # float32 at least; float64 logprobs (a float64 model) keep the whole loss in float64.
+    acc = torch.promote_types(logprobs.dtype, torch.float32)
+    lp = logprobs.to(acc)
+    behav = behavior_logprobs.to(acc)
+    adv = advantages.to(acc)
+    prox = lp.detach() if proximal_logprobs is None else proximal_logprobs.to(acc)
 
     denom = prox if cfg.decoupled else behav
     ratio = torch.exp(lp - denom)
@@ -74,7 +76,7 @@ def policy_loss(logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, advanta
     per_token = pg
     kl = None
     if cfg.kl_coef and base_logprobs is not None:
-        d = base_logprobs.float() - lp
+        d = base_logprobs.to(acc) - lp
         kl = torch.exp(d) - d - 1.0
         per_token = per_token + cfg.kl_coef * kl
 

@@ -20,6 +20,8 @@ import { testKafka, uniqueName } from '../support/services.js';
 import { groupEvents, prng, produceGroups, runTopics, testConfig, testConfigYaml } from './fixtures.js';
 
 const KILLS = Number(process.env.TRAJSTORE_TEST_KILLS ?? 10);
+// A crash test that kills nothing would pass while proving nothing.
+assert.ok(Number.isInteger(KILLS) && KILLS >= 1, `TRAJSTORE_TEST_KILLS must be a whole number >= 1, not ${process.env.TRAJSTORE_TEST_KILLS}`);
 
 interface TrainerRun {
   child: ChildProcess;
@@ -75,15 +77,20 @@ describe('crash and resume', () => {
     const config = testConfig(opts);
     await runTopics(t, kafka, config);
 
-    // 40 trainable groups (40 steps of 1), 3 with equal rewards (dropped), 2 whose producer died.
-    const groups = [
-      ...Array.from({ length: 40 }, (_, i) => groupEvents({ runId, seed: i + 1 })),
-      ...Array.from({ length: 3 }, (_, i) => groupEvents({ runId, seed: 100 + i, rewards: [1, 1] })),
-      ...Array.from({ length: 2 }, (_, i) => groupEvents({ runId, seed: 200 + i, incomplete: true })),
-    ];
-    await produceGroups(kafka, topic, groups, true);
+    // 4 trainable groups per killed run (4 * KILLS steps of 1), 3 with equal rewards (dropped),
+    // 2 whose producer died. The trainable groups arrive in chunks, one before each run, so a run
+    // can never drain the whole input before it is killed, however fast the machine is: once it
+    // has trained what the log holds it waits (--stop-when-idle 4 s, far longer than the kill
+    // delay) and the kill still lands.
+    const trainableCount = 4 * KILLS;
+    const trainable = Array.from({ length: trainableCount }, (_, i) => groupEvents({ runId, seed: i + 1 }));
+    const equalGroups = Array.from({ length: 3 }, (_, i) => groupEvents({ runId, seed: 100 + i, rewards: [1, 1] }));
+    const incomplete = Array.from({ length: 2 }, (_, i) => groupEvents({ runId, seed: 200 + i, incomplete: true }));
+    const groups = [...trainable, ...equalGroups, ...incomplete];
+    const chunks = Array.from({ length: KILLS }, (_, k) => trainable.slice(4 * k, 4 * k + 4));
+    chunks[0] = [...chunks[0]!, ...equalGroups, ...incomplete];
     const complete = groups.filter((g) => 'GroupCompleted' in g.at(-1)!.payload).map((g) => g[0]!.group_id);
-    const equal = new Set(groups.slice(40, 43).map((g) => g[0]!.group_id));
+    const equal = new Set(equalGroups.map((g) => g[0]!.group_id));
 
     const configFile = join(dir, 'config.yaml');
     writeFileSync(configFile, testConfigYaml(opts));
@@ -101,24 +108,20 @@ describe('crash and resume', () => {
     const rand = prng(7);
     let kills = 0;
     while (kills < KILLS) {
+      await produceGroups(kafka, topic, chunks[kills]!, true);
       const run = startTrainer(configFile, env);
       // The kill lands up to 400 ms after start-up (reading, assembling, the first step), after
-      // the first step or after the second (steps, checkpoints, publishing). Counting steps, not
-      // seconds, bounds each run's progress to about two steps on any machine, so 10 kills
-      // always land before the 40 steps are done, however fast the machine is.
+      // the first step or after the second (steps, checkpoints, publishing). Every run has at
+      // least 4 untrained groups in the log, so it always reaches its second step.
       const after = run.reachedStep(kills % 3);
       const outcome = await Promise.race([after.then(() => 'ready' as const), run.exited.then(() => 'exited' as const)]);
-      if (outcome === 'exited') {
-        // Drained the log before we could kill it: no more kills are possible.
-        assert.equal(await run.exited, 0, run.stderr().slice(-3000));
-        break;
-      }
+      assert.equal(outcome, 'ready', `run ${kills + 1} exited before it could be killed:\n${run.stderr().slice(-3000)}`);
       await sleep(Math.floor(rand() * 400));
       run.child.kill('SIGKILL');
       await run.exited;
       kills++;
     }
-    assert.equal(kills, KILLS, `the trainer finished before it was killed ${KILLS} times`);
+    assert.equal(kills, KILLS, `the trainer was killed ${kills} times, not ${KILLS}`);
 
     const last = startTrainer(configFile, env);
     const code = await last.exited;
@@ -130,18 +133,18 @@ describe('crash and resume', () => {
     const twice = [...seen].filter(([, n]) => n > 1);
     assert.deepEqual(twice, [], 'no group decided twice');
     const trained = ledger.flatMap((l) => l.trained);
-    assert.equal(trained.length, 40, 'every trainable group trained');
+    assert.equal(trained.length, trainableCount, 'every trainable group trained');
     for (const g of complete) assert.ok(seen.has(g), `complete group ${g} was decided`);
     const dropped = Object.fromEntries(ledger.flatMap((l) => Object.entries(l.dropped)));
     assert.deepEqual(new Set(Object.keys(dropped)), equal);
     assert.ok(Object.values(dropped).every((r) => r === 'equal_rewards'));
-    assert.deepEqual(ledger.filter((l) => l.trained.length > 0).map((l) => l.step), Array.from({ length: 40 }, (_, i) => i + 1), 'steps 1..40, each once');
+    assert.deepEqual(ledger.filter((l) => l.trained.length > 0).map((l) => l.step), Array.from({ length: trainableCount }, (_, i) => i + 1), `steps 1..${trainableCount}, each once`);
 
-    // The newest checkpoint holds step 40 and version 10 (published every 4 steps).
+    // The newest checkpoint holds the last step and its version (published every 4 steps).
     const newest = listCheckpoints(join(dir, 'checkpoints'))[0]!;
     const state = readTrainerState(newest.dir);
-    assert.equal(state.step, 40);
-    assert.equal(state.policy_version, 10);
+    assert.equal(state.step, trainableCount);
+    assert.equal(state.policy_version, trainableCount / 4);
     // The run's consumer group holds the same offsets (committed after the checkpoint).
     const admin = kafka.admin();
     await admin.connect();
