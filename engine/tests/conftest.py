@@ -19,6 +19,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_vl_model_dir(tmp_path_factory) -> Path:
+    from trajstore_engine.tiny_vl import make_tiny_vl_model
+
+    return make_tiny_vl_model(tmp_path_factory.mktemp("models") / "tiny-vl", seed=0)
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests are deselected (not skipped) on machines without CUDA: they run on the GPU host
     (engine/scripts/gpu-bench.sh), and a CPU run then reports them as deselected, never as

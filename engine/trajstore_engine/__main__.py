@@ -1,4 +1,4 @@
-"""Command line: ``python -m trajstore_engine {serve,make-tiny-model,bench} ...``."""
+"""Command line: ``python -m trajstore_engine {serve,make-tiny-model,make-tiny-vl-model,bench} ...``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny Qwen3-style model + tokenizer (deterministic)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("make-tiny-vl-model",
+                       help="write a tiny Qwen3-VL-style model + processor (deterministic)")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
 
@@ -35,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         from .tiny import directory_digest, make_tiny_model
 
         out = make_tiny_model(args.out_dir, seed=args.seed)
+        print(f"wrote {out} (sha256 {directory_digest(out)[:16]})")
+        return 0
+    if args.command == "make-tiny-vl-model":
+        from .tiny import directory_digest
+        from .tiny_vl import make_tiny_vl_model
+
+        out = make_tiny_vl_model(args.out_dir, seed=args.seed)
         print(f"wrote {out} (sha256 {directory_digest(out)[:16]})")
         return 0
     if args.command == "serve":

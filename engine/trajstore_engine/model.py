@@ -1,4 +1,5 @@
-"""Loading a causal LM (and its tokenizer) from a local Hugging Face directory, and adding LoRA.
+"""Loading a causal LM or a vision-language model (and its tokenizer or processor) from a local
+Hugging Face directory, and adding LoRA.
 
 This is the engine's stable library API for other parts of trajstore (the CPU policy server builds
 on it). Nothing here touches the network: directories are read with ``local_files_only=True``.
@@ -14,7 +15,12 @@ on it). Nothing here touches the network: directories are read with ``local_file
 - ``load_tokenizer(model_dir)`` -> ``PreTrainedTokenizerBase``
 - ``load_base_model(model_dir, device="cpu", dtype=None, attn_implementation="sdpa")``
   -> ``PreTrainedModel`` in eval mode, parameters frozen. ``dtype=None`` means float32 on CPU and
-  bfloat16 on CUDA. Any ``AutoModelForCausalLM`` architecture works; Qwen3 is the one tested.
+  bfloat16 on CUDA. Any ``AutoModelForCausalLM`` architecture works; Qwen3 is the one tested. A
+  directory whose config has a ``vision_config`` (Qwen3-VL: registered only for image-text-to-text)
+  loads with ``AutoModelForImageTextToText`` instead.
+- ``load_processor(model_dir)`` -> the model's own ``AutoProcessor`` (tokenizer + image processor),
+  for vision-language models.
+- ``is_vision_language(config)`` -> whether a model config has a vision tower.
 - ``load_policy(model_dir, device="cpu", dtype=None, adapter_dir=None, attn_implementation="sdpa")``
   -> ``LoadedPolicy(model, tokenizer, device, dtype, adapter_dir)``; with ``adapter_dir`` the model
   is a ``peft.PeftModel`` (adapter active, not merged).
@@ -82,25 +88,59 @@ def load_tokenizer(model_dir: str | os.PathLike):
                           "the directory needs tokenizer.json / tokenizer_config.json") from exc
 
 
+def is_vision_language(config) -> bool:
+    """Whether ``config`` (a transformers config) describes a model with a vision tower."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def text_config(config):
+    """The language model's config: ``text_config`` of a vision-language model, else ``config``."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _auto_class(path: Path):
+    """AutoModelForImageTextToText for a vision-language directory, else AutoModelForCausalLM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - becomes a typed error
+        raise EngineError(MODEL_LOAD, f"cannot read {path / 'config.json'}: {type(exc).__name__}: {exc}",
+                          "check config.json's model_type against the installed transformers") from exc
+    return AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
+
+
+def load_processor(model_dir: str | os.PathLike):
+    """The model directory's own processor (tokenizer, image processor, chat template)."""
+    from transformers import AutoProcessor
+
+    path = _check_model_dir(model_dir)
+    try:
+        return AutoProcessor.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - becomes a typed error
+        raise EngineError(MODEL_LOAD, f"cannot load the processor in {path}: {type(exc).__name__}: {exc}",
+                          "a vision-language directory needs preprocessor_config.json (or "
+                          "processor_config.json) beside the tokenizer files") from exc
+
+
 def load_base_model(model_dir: str | os.PathLike, device: str | torch.device | None = "cpu",
                     dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa"):
-    """A frozen causal LM in eval mode, loaded straight onto ``device``."""
-    from transformers import AutoModelForCausalLM
-
+    """A frozen causal LM (or vision-language model) in eval mode, loaded straight onto ``device``."""
     path = _check_model_dir(model_dir)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    auto = _auto_class(path)
     if attn_implementation == attention.PACKED_ATTENTION:
         attention.register()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             path, dtype=dt, attn_implementation=attn_implementation, local_files_only=True,
             device_map={"": dev},
         )
     except Exception as exc:  # noqa: BLE001
         raise EngineError(MODEL_LOAD, f"cannot load the model in {path}: {type(exc).__name__}: {exc}",
-                          "check that the directory holds a causal LM transformers "
-                          "can load (config.json model_type, *.safetensors)") from exc
+                          "check that the directory holds a causal LM or vision-language model "
+                          "transformers can load (config.json model_type, *.safetensors)") from exc
     model.eval()
     model.requires_grad_(False)
     return model
@@ -108,16 +148,18 @@ def load_base_model(model_dir: str | os.PathLike, device: str | torch.device | N
 
 def model_from_config(config, device: str | torch.device | None, dtype: str | torch.dtype | None,
                       seed: int = 0, attn_implementation: str = attention.PACKED_ATTENTION):
-    """A randomly initialised causal LM built from a config (benchmarks; no weights needed)."""
-    from transformers import AutoModelForCausalLM
+    """A randomly initialised causal LM or vision-language model built from a config (benchmarks;
+    no weights needed)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    auto = AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if attn_implementation == attention.PACKED_ATTENTION:
         attention.register()
     torch.manual_seed(seed)
     with dev:
-        model = AutoModelForCausalLM.from_config(config, dtype=dt, attn_implementation=attn_implementation)
+        model = auto.from_config(config, dtype=dt, attn_implementation=attn_implementation)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -130,16 +172,19 @@ class LoadedPolicy:
     device: torch.device
     dtype: torch.dtype
     adapter_dir: Path | None = None
+    processor: Any = None  # AutoProcessor for a vision-language model, else None
 
 
 def load_policy(model_dir: str | os.PathLike, device: str | torch.device | None = "cpu",
                 dtype: str | torch.dtype | None = None, adapter_dir: str | os.PathLike | None = None,
                 attn_implementation: str = "sdpa") -> LoadedPolicy:
-    """Base model + tokenizer (+ a PEFT LoRA adapter), ready for ``generate`` or scoring."""
+    """Base model + tokenizer (+ processor for a vision-language model, + a PEFT LoRA adapter),
+    ready for ``generate`` or scoring."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(model_dir)
     model = load_base_model(model_dir, dev, dt, attn_implementation)
+    processor = load_processor(model_dir) if is_vision_language(model.config) else None
     adapter = None
     if adapter_dir is not None:
         from peft import PeftModel
@@ -150,7 +195,8 @@ def load_policy(model_dir: str | os.PathLike, device: str | torch.device | None 
                               "pass a directory written by the engine's 'save' (its adapter/ folder)")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
         model.eval()
-    return LoadedPolicy(model=model, tokenizer=tokenizer, device=dev, dtype=dt, adapter_dir=adapter)
+    return LoadedPolicy(model=model, tokenizer=tokenizer, device=dev, dtype=dt, adapter_dir=adapter,
+                        processor=processor)
 
 
 @dataclass
@@ -181,10 +227,14 @@ def apply_lora(model, settings: LoraSettings):
         peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
     finally:
         torch.random.set_rng_state(rng)
+    # float32 master weights under a low-precision base; a float64 base (exact comparisons in
+    # tests) keeps float64 adapters, since float32 ones could not multiply its activations.
+    base_dtype = next(model.parameters()).dtype
+    master = torch.float64 if base_dtype == torch.float64 else torch.float32
     n_lora = 0
     for name, param in peft_model.named_parameters():
         if "lora_" in name:
-            param.data = param.data.float()
+            param.data = param.data.to(master)
             param.requires_grad_(True)
             n_lora += 1
         else:
@@ -192,7 +242,7 @@ def apply_lora(model, settings: LoraSettings):
     if n_lora == 0:
         raise EngineError(MODEL_LOAD, f"no module matched lora.target_modules={settings.target_modules}",
                           "name the model's linear layers, e.g. q_proj, k_proj, v_proj, o_proj")
-    if next(model.parameters()).dtype != torch.float32:
+    if base_dtype not in (torch.float32, torch.float64):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         for module in peft_model.modules():
