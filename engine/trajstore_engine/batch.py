@@ -11,13 +11,22 @@ A batch file holds N sequences concatenated into flat tensors of T tokens (no pa
 
 Token t of a sequence is predicted from tokens before it, so the first token of every sequence
 cannot carry loss_mask = 1. Values at positions with loss_mask = 0 are ignored.
+
+Vision-language batches add two metadata strings (both absent in text batches):
+
+    images             JSON [N] of [sha256 hex, ...]: each sequence's prompt images, in prompt order
+    image_processing   JSON [N] of null | {processor, processor_version, min_pixels, max_pixels,
+                       patch_size, merge_size, temporal_patch_size}: the settings the server applied
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,6 +45,13 @@ class Batch:
     behavior_logprobs: torch.Tensor  # float32 [T]
     behavior_versions: torch.Tensor | None = None  # int64 [T]
     metadata: dict[str, str] = field(default_factory=dict)
+    # Vision-language batches: per sequence, its images (sha256) and the image settings applied.
+    images: list[list[str]] | None = None
+    image_processing: list[dict[str, Any] | None] | None = None
+
+    @property
+    def has_images(self) -> bool:
+        return self.images is not None and any(self.images)
 
     @property
     def num_tokens(self) -> int:
@@ -111,7 +127,41 @@ def batch_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str
         if t is not None and t.numel() != T:
             raise batch_invalid(f"{source}: {name} has {t.numel()} entries, input_ids has {T}"
                                 + (f" (advantages may also have one per sequence: {N})" if name == "advantages" else ""))
-    return Batch(input_ids, cu, mask, adv, behav, versions, dict(metadata or {}))
+    images, processing = _image_metadata(metadata or {}, N, source)
+    return Batch(input_ids, cu, mask, adv, behav, versions, dict(metadata or {}), images, processing)
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_SETTING_KEYS = ("processor", "processor_version", "min_pixels", "max_pixels", "patch_size",
+                      "merge_size", "temporal_patch_size")
+
+
+def _image_metadata(metadata: dict[str, str], n_seq: int, source: str):
+    """The ``images`` / ``image_processing`` metadata, checked: one entry per sequence."""
+    if "images" not in metadata and "image_processing" not in metadata:
+        return None, None
+    try:
+        images = json.loads(metadata.get("images", "null"))
+        processing = json.loads(metadata.get("image_processing", "null"))
+    except json.JSONDecodeError as exc:
+        raise batch_invalid(f"{source}: images / image_processing metadata is not JSON: {exc}") from exc
+    if not isinstance(images, list) or len(images) != n_seq:
+        raise batch_invalid(f"{source}: metadata 'images' must be a JSON array with one entry per "
+                            f"sequence ({n_seq})")
+    if not isinstance(processing, list) or len(processing) != n_seq:
+        raise batch_invalid(f"{source}: metadata 'image_processing' must be a JSON array with one entry "
+                            f"per sequence ({n_seq})")
+    for i, (shas, settings) in enumerate(zip(images, processing)):
+        if not isinstance(shas, list) or not all(isinstance(h, str) and _SHA256.match(h) for h in shas):
+            raise batch_invalid(f"{source}: images[{i}] must be a list of lower-case sha256 hex digests")
+        if shas and not isinstance(settings, dict):
+            raise batch_invalid(f"{source}: sequence {i} has images but image_processing[{i}] is not an object",
+                                "record the image settings the server applied with every turn that has images")
+        if isinstance(settings, dict):
+            missing = [k for k in IMAGE_SETTING_KEYS if k not in settings]
+            if missing:
+                raise batch_invalid(f"{source}: image_processing[{i}] lacks {', '.join(missing)}")
+    return images, processing
 
 
 def validate_batch(batch: Batch, vocab_size: int | None = None, max_seq_length: int | None = None,
@@ -152,6 +202,9 @@ def write_batch(path: str | os.PathLike, batch: Batch) -> None:
     if batch.behavior_versions is not None:
         tensors["behavior_versions"] = batch.behavior_versions.to(torch.int64).contiguous()
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **batch.metadata}
+    if batch.images is not None:
+        meta["images"] = json.dumps(batch.images)
+        meta["image_processing"] = json.dumps(batch.image_processing)
     tmp = f"{path}.tmp-{os.getpid()}"
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, path)
@@ -228,6 +281,8 @@ class MicroBatch:
     versions: torch.Tensor | None  # [m]
     seq_index: torch.Tensor  # [m] long, index of the token's sequence in the batch
     num_sequences: int
+    seq_ids: list[int] = field(default_factory=list)  # the batch's sequences in this row, in order
+    images: Any = None  # vision.MicroBatchImages for a vision-language model, else None
 
     @property
     def num_tokens(self) -> int:
@@ -243,7 +298,7 @@ class MicroBatch:
 
         return MicroBatch(mv(self.input_ids), mv(self.position_ids), self.seq_lens, mv(self.target_pos),
                           self.batch_pos, mv(self.advantages), mv(self.behavior_logprobs), mv(self.weights),
-                          mv(self.versions), self.seq_index, self.num_sequences)
+                          mv(self.versions), self.seq_index, self.num_sequences, self.seq_ids, self.images)
 
 
 def build_micro_batch(batch: Batch, seq_ids: list[int], mask: torch.Tensor, weights: torch.Tensor,
@@ -273,4 +328,5 @@ def build_micro_batch(batch: Batch, seq_ids: list[int], mask: torch.Tensor, weig
         versions=None if batch.behavior_versions is None else batch.behavior_versions[batch_pos],
         seq_index=seq_of[target_pos],
         num_sequences=len(seq_ids),
+        seq_ids=list(seq_ids),
     )

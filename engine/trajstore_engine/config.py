@@ -88,12 +88,24 @@ class TrainingConfig:
 
 
 @dataclass
+class VisionConfig:
+    # Local directory in the blob store's layout (<root>/sha256/<2 hex>/<hex>) that holds every
+    # image a batch references. The trainer fills it (and copies from S3 first when the store is
+    # remote); the engine only reads, and checks each image's SHA-256.
+    blob_root: str = ""
+    # Vision-encoder outputs kept per image within one train_step (the proximal/base passes and
+    # the training pass see the same screenshots): frozen tower only.
+    cache_images: bool = True
+
+
+@dataclass
 class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfigIn = field(default_factory=LoraConfigIn)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
     seed: int = 0
 
     @classmethod

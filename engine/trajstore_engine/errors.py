@@ -46,6 +46,10 @@ OUT_OF_MEMORY = "TRAJ_E_ENGINE_OOM"
 NON_FINITE = "TRAJ_E_ENGINE_NON_FINITE"
 CHECKPOINT = "TRAJ_E_ENGINE_CHECKPOINT"
 UNSUPPORTED = "TRAJ_E_ENGINE_UNSUPPORTED"
+# A sequence's image placeholder tokens do not match what its images produce, or an image it
+# references is missing, corrupt or was processed with other settings: never trained silently.
+IMAGE_TOKENS = "TRAJ_E_ENGINE_IMAGE_TOKENS"
+IMAGE_MISSING = "TRAJ_E_ENGINE_IMAGE_MISSING"
 INTERNAL = "TRAJ_E_ENGINE_INTERNAL"
 
 

@@ -99,7 +99,7 @@ def text_config(config):
 
 
 def _auto_class(path: Path):
-    """AutoModelForImageTextToText for a vision-language directory, else AutoModelForCausalLM."""
+    """(AutoModelForImageTextToText for a vision-language directory, else AutoModelForCausalLM; its config)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     try:
@@ -107,7 +107,16 @@ def _auto_class(path: Path):
     except Exception as exc:  # noqa: BLE001 - becomes a typed error
         raise EngineError(MODEL_LOAD, f"cannot read {path / 'config.json'}: {type(exc).__name__}: {exc}",
                           "check config.json's model_type against the installed transformers") from exc
-    return AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM
+    return (AutoModelForImageTextToText if is_vision_language(config) else AutoModelForCausalLM), config
+
+
+def attention_for(config, attn_implementation: str):
+    """The attention implementation to load ``config`` with. The engine's packed attention is for
+    the language model only: a vision tower attends bidirectionally within each image (its own
+    cu_seqlens), so it keeps SDPA; the packed implementation's fallback is causal."""
+    if is_vision_language(config) and attn_implementation == attention.PACKED_ATTENTION:
+        return {"": attn_implementation, "text_config": attn_implementation, "vision_config": "sdpa"}
+    return attn_implementation
 
 
 def load_processor(model_dir: str | os.PathLike):
@@ -129,12 +138,12 @@ def load_base_model(model_dir: str | os.PathLike, device: str | torch.device | N
     path = _check_model_dir(model_dir)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    auto = _auto_class(path)
+    auto, config = _auto_class(path)
     if attn_implementation == attention.PACKED_ATTENTION:
         attention.register()
     try:
         model = auto.from_pretrained(
-            path, dtype=dt, attn_implementation=attn_implementation, local_files_only=True,
+            path, dtype=dt, attn_implementation=attention_for(config, attn_implementation), local_files_only=True,
             device_map={"": dev},
         )
     except Exception as exc:  # noqa: BLE001
@@ -159,7 +168,7 @@ def model_from_config(config, device: str | torch.device | None, dtype: str | to
         attention.register()
     torch.manual_seed(seed)
     with dev:
-        model = auto.from_config(config, dtype=dt, attn_implementation=attn_implementation)
+        model = auto.from_config(config, dtype=dt, attn_implementation=attention_for(config, attn_implementation))
     model.eval()
     model.requires_grad_(False)
     return model

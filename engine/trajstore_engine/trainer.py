@@ -26,7 +26,9 @@ from .distributed import DistContext
 from .errors import NON_FINITE, UNSUPPORTED, EngineError, batch_invalid, out_of_memory
 from .logprobs import token_logprobs
 from .loss import StepStats, policy_loss
-from .model import LoraSettings, apply_lora, load_base_model, resolve_device, resolve_dtype
+from .model import (LoraSettings, apply_lora, attention_for, is_vision_language, load_base_model, load_processor,
+                    resolve_device, resolve_dtype, text_config)
+from .vision import VisionInputs
 
 log = logging.getLogger("trajstore_engine")
 
@@ -39,9 +41,10 @@ class StepPlan:
 
 
 class Engine:
-    def __init__(self, cfg: EngineConfig, dist: DistContext | None = None, model=None):
+    def __init__(self, cfg: EngineConfig, dist: DistContext | None = None, model=None, processor=None):
         """Load the model from ``cfg.model.path`` (or take ``model``, e.g. a random one for the
-        benchmark), add a fresh LoRA adapter, shard it when distributed, build the optimizer."""
+        benchmark, with its ``processor`` when it is a vision-language model), add a fresh LoRA
+        adapter, shard it when distributed, build the optimizer."""
         self.cfg = cfg
         self.dist = dist or DistContext.single()
         self.device = resolve_device(cfg.model.device) if not self.dist.enabled else self.dist.device
@@ -54,19 +57,29 @@ class Engine:
             model = load_base_model(cfg.model.path, self.device, self.dtype, attention.PACKED_ATTENTION)
         else:
             attention.register()
-            model.set_attn_implementation(attention.PACKED_ATTENTION)
+            model.set_attn_implementation(attention_for(model.config, attention.PACKED_ATTENTION))
         for bad in ("final_logit_softcapping", "logit_scale"):
             if getattr(model.config, bad, None):
                 raise EngineError(UNSUPPORTED, f"{model.config.model_type} scales its logits ({bad}); the "
                                   "engine's logprobs do not implement that yet", "use a Qwen3/Llama-style model")
-        self.vocab_size = model.config.vocab_size
-        self.pad_token_id = model.config.pad_token_id or 0
+        lm_config = text_config(model.config)
+        self.vocab_size = lm_config.vocab_size
+        self.pad_token_id = lm_config.pad_token_id or 0
+        vision_language = is_vision_language(model.config)
+        if vision_language and processor is None:
+            processor = load_processor(cfg.model.path)
         lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                             target_modules=cfg.lora.target_modules, init_seed=cfg.seed)
         self.model = apply_lora(model, lora)  # PeftModel
         self.causal_lm = self.model.base_model.model
         self.decoder = self.causal_lm.get_decoder()
         self.lm_head_weight = self.causal_lm.get_output_embeddings().weight
+        # Vision-language (Qwen3-VL): the decoder is the language model; images enter as embeddings
+        # at their placeholder positions, from the frozen vision tower.
+        self.vision = (VisionInputs(self.causal_lm.model, processor, cfg.vision, self.device, self.dtype)
+                       if vision_language else None)
+        if vision_language:
+            _refuse_vision_adapters(self.model)
         self.compile_mode = self.apply_compile(cfg.training.compile)
         self.causal_lm.gradient_checkpointing_enable({"use_reentrant": False})
         self._set_checkpointing(False)
@@ -91,6 +104,8 @@ class Engine:
         stats = StepStats(self.device)
         mask = self.trained_tokens(batch, policy_version, stats)
         steps = self.plan_steps(batch, mask)
+        timer.mark("images")
+        self.attach_images(batch, steps)
         try:
             proximal = self.proximal_logprobs(batch, steps)
             base = self.base_logprobs(batch, steps)
@@ -179,6 +194,19 @@ class Engine:
                                                      self.pad_token_id) for b in mine]))
         return plans
 
+    def attach_images(self, batch: Batch, steps: list[StepPlan]) -> None:
+        """Vision-language model: process and check the batch's images, give each micro-batch its
+        images and multimodal positions. A text model refuses a batch with images."""
+        if self.vision is None:
+            if batch.has_images:
+                raise batch_invalid(f"the batch references images, but {self.cfg.model.path} is a text-only model",
+                                    "train vision-language rollouts with the vision-language model that served them")
+            return
+        prepared = self.vision.prepare(batch)
+        for plan in steps:
+            for mb in plan.micro_batches:
+                mb.images = self.vision.for_micro_batch(mb, prepared)
+
     def proximal_logprobs(self, batch: Batch, steps: list[StepPlan]) -> torch.Tensor | None:
         """pi_prox for the decoupled loss: this policy's logprobs before the step's first update.
 
@@ -204,9 +232,27 @@ class Engine:
         self.model.train(train)
         kwargs = attention.packed_kwargs(mb.seq_lens, self.device)
         with self._autocast():
-            out = self.decoder(input_ids=mb.input_ids[None], position_ids=mb.position_ids[None],
-                               use_cache=False, **kwargs)
+            if mb.images is None:
+                out = self.decoder(input_ids=mb.input_ids[None], position_ids=mb.position_ids[None],
+                                   use_cache=False, **kwargs)
+            else:
+                out = self.decoder(**self._vision_inputs(mb), use_cache=False, **kwargs)
         return out.last_hidden_state[0]
+
+    def _vision_inputs(self, mb: MicroBatch) -> dict[str, Any]:
+        """The language model's inputs for a row with images: token embeddings with the image
+        embeddings scattered into the placeholder positions, the 4-row positions (text, t, h, w),
+        and the DeepStack features for the first decoder layers."""
+        images = mb.images
+        embeds = self.decoder.embed_tokens(mb.input_ids)
+        inputs: dict[str, Any] = {"position_ids": images.position_ids}
+        if images.keys:
+            image_embeds, deepstack = self.vision.encode(images)
+            mask = images.image_mask.to(embeds.device)
+            embeds = embeds.masked_scatter(mask[:, None], image_embeds.to(embeds.dtype))
+            inputs.update(visual_pos_masks=mask[None], deepstack_visual_embeds=deepstack)
+        inputs["inputs_embeds"] = embeds[None]
+        return inputs
 
     def logprobs(self, mb: MicroBatch, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logprobs (and entropies) of the trained tokens: hidden state t-1 predicts token t."""
@@ -250,6 +296,7 @@ class Engine:
         bins = plan_micro_batches(batch.seq_lens, self.cfg.training.micro_batch_tokens, self.dist.world_size)
         plan = StepPlan([build_micro_batch(batch, b, all_tokens, weights, self.pad_token_id)
                          for b in bins[self.dist.rank::self.dist.world_size]])
+        self.attach_images(batch, [plan])
         try:
             lp, ent = self._score_all(batch, [plan], use_adapter, with_entropy=True)
         except torch.OutOfMemoryError as exc:
@@ -428,6 +475,16 @@ class StageTimer:
                 out[f"time_{name}_s"] = out.get(f"time_{name}_s", 0.0) + ev.elapsed_time(ev2) / 1e3
             out[f"cpu_{name}_s"] = out.get(f"cpu_{name}_s", 0.0) + (t2 - t)
         return out
+
+
+def _refuse_vision_adapters(model) -> None:
+    """LoRA goes on the language model's layers: vLLM's Qwen3-VL LoRA loads adapters for the
+    language model only, so an adapter on the vision tower or merger could not be served."""
+    on_tower = [n for n, p in model.named_parameters() if p.requires_grad and ".visual." in n]
+    if on_tower:
+        raise EngineError(UNSUPPORTED, f"lora.target_modules matched vision-tower modules ({on_tower[0]}, ...)",
+                          "name only language-model modules, e.g. q_proj, k_proj, v_proj, o_proj, "
+                          "gate_proj, up_proj, down_proj")
 
 
 def _take(values: torch.Tensor | None, mb: MicroBatch) -> torch.Tensor | None:
