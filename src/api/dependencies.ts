@@ -5,8 +5,9 @@
  */
 import type { ClickHouseClient } from '@clickhouse/client';
 import type { Admin, Kafka } from 'kafkajs';
+import { QUERIES } from '../clickhouse/catalog.js';
 import { queryReadOnly } from '../clickhouse/readonly.js';
-import { quoteIdentifier, quoteString } from '../clickhouse/sql.js';
+import { quoteIdentifier } from '../clickhouse/sql.js';
 import type { BlobStore } from '../storage/blob-store.js';
 import type { HealthView } from './schemas.js';
 
@@ -38,7 +39,7 @@ export class Dependencies {
   async health(): Promise<HealthView['dependencies']> {
     const [clickhouse, database, kafka, blobs] = await Promise.all([
       timed(() => this.clickhouseVersion(), 'check that ClickHouse runs (`trajstore services status`) at clickhouse.url'),
-      timed(async () => `migration ${await this.scalar(`SELECT max(version) AS v FROM ${quoteIdentifier(this.database)}.schema_migrations`)}`,
+      timed(async () => `migration ${await this.scalar(QUERIES.migrationNewest.sql(quoteIdentifier(this.database), {}))}`,
         `run \`trajstore sink\` once: it creates and migrates database ${this.database}`),
       timed(async () => {
         const cluster = await this.withAdmin((a) => a.describeCluster());
@@ -64,9 +65,9 @@ export class Dependencies {
 
   /** The sink's watermark (first offset not stored) per topic and partition. */
   async sinkWatermarks(): Promise<Array<{ topic: string; partition: number; next_offset: number }>> {
-    const topics = [this.topics.trajectories, this.topics.policyVersions, this.topics.trainerMetrics].map(quoteString).join(', ');
-    const result = await queryReadOnly(this.clickhouse, `SELECT topic, partition, max(next_offset) AS next_offset
-FROM ${quoteIdentifier(this.database)}.sink_offsets WHERE topic IN (${topics}) GROUP BY topic, partition`, { maxRows: 10_000, timeoutS: 10, numbersAsJson: true });
+    const topics = [this.topics.trajectories, this.topics.policyVersions, this.topics.trainerMetrics];
+    const sql = QUERIES.apiSinkWatermarks.sql(quoteIdentifier(this.database), { topics });
+    const result = await queryReadOnly(this.clickhouse, sql, { maxRows: 10_000, timeoutS: 10, numbersAsJson: true });
     return result.rows as Array<{ topic: string; partition: number; next_offset: number }>;
   }
 
@@ -78,7 +79,7 @@ FROM ${quoteIdentifier(this.database)}.sink_offsets WHERE topic IN (${topics}) G
   /** The server's version; a missing database is the database check's concern, not the server's. */
   private async clickhouseVersion(): Promise<string> {
     try {
-      return `ClickHouse ${await this.scalar('SELECT version() AS v')}`;
+      return `ClickHouse ${await this.scalar(QUERIES.serverVersion.sql('', {}))}`;
     } catch (err) {
       if ((err as { serverCode?: number }).serverCode === UNKNOWN_DATABASE) return 'ClickHouse answers (the database is missing, see the database check)';
       throw err;

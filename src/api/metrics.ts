@@ -9,11 +9,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from '../util/logger.js';
 import type { Dependencies } from './dependencies.js';
+import { QUERIES } from '../clickhouse/catalog.js';
 import { queryReadOnly } from '../clickhouse/readonly.js';
 import { quoteIdentifier } from '../clickhouse/sql.js';
-
-/** Runs that get per-run series: the most recently active ones. */
-const RUNS_IN_METRICS = 20;
 
 export class ApiMetrics {
   readonly registry = new Registry();
@@ -67,13 +65,9 @@ export class ApiMetrics {
     const db = quoteIdentifier(deps.database);
     const q = async <T>(sql: string) => (await queryReadOnly(deps.clickhouse, sql, { maxRows: 10_000, timeoutS: 10, numbersAsJson: true })).rows as T[];
     const runs = await q<{ run_id: string; events: number; episodes: number; turns: number; last_event_ms: number; max_policy_version: number }>(
-      `SELECT run_id, events, episodes, turns, last_event_ms, max_policy_version FROM ${db}.runs ORDER BY last_event_ms DESC LIMIT ${RUNS_IN_METRICS}`);
-    // Aliases differ from column names: ClickHouse resolves a column name to a same-named alias.
-    const steps = await q<{ run_id: string; last_step: number; last_loss: number; last_tps: number }>(
-      `SELECT run_id, max(step) AS last_step, argMax(loss, step) AS last_loss, argMax(tokens_per_second, step) AS last_tps FROM ${db}.trainer_steps
-GROUP BY run_id ORDER BY max(timestamp_ms) DESC LIMIT ${RUNS_IN_METRICS}`);
-    const versions = await q<{ run_id: string; newest: number }>(
-      `SELECT run_id, max(version) AS newest FROM ${db}.policy_versions GROUP BY run_id ORDER BY max(created_at_ms) DESC LIMIT ${RUNS_IN_METRICS}`);
+      QUERIES.metricsRuns.sql(db, {}));
+    const steps = await q<{ run_id: string; last_step: number; last_loss: number; last_tps: number }>(QUERIES.metricsSteps.sql(db, {}));
+    const versions = await q<{ run_id: string; newest: number }>(QUERIES.metricsVersions.sql(db, {}));
     for (const name of ['runEvents', 'runEpisodes', 'runTurns', 'runLastEvent', 'runVersion', 'trainerStep', 'trainerLoss', 'trainerTps', 'trainerPublished']) this.g[name]!.reset();
     for (const r of runs) {
       const l = { run_id: r.run_id };

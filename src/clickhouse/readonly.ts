@@ -15,6 +15,18 @@ export interface QueryResult {
   rows: Array<Record<string, unknown>>;
 }
 
+/** The settings a read-only query is sent with (exported for the compatibility test, which sends the same). */
+export function readOnlySettings(limits: ReadOnlyLimits) {
+  return {
+    max_result_rows: String(limits.maxRows),
+    result_overflow_mode: 'throw',
+    max_execution_time: limits.timeoutS,
+    output_format_json_quote_64bit_integers: limits.numbersAsJson ? 0 : 1,
+    default_format: 'JSON',
+    readonly: '1',
+  } as const;
+}
+
 /**
  * Runs one statement as a read-only user would: ClickHouse's `readonly=1` refuses writes, DDL,
  * SET and table functions on the server, whatever the text says, so nothing here parses SQL
@@ -35,14 +47,7 @@ export async function queryReadOnly(client: ClickHouseClient, sql: string, limit
   try {
     const result = await client.exec({
       query,
-      clickhouse_settings: {
-        max_result_rows: String(limits.maxRows),
-        result_overflow_mode: 'throw',
-        max_execution_time: limits.timeoutS,
-        output_format_json_quote_64bit_integers: limits.numbersAsJson ? 0 : 1,
-        default_format: 'JSON',
-        readonly: '1',
-      },
+      clickhouse_settings: readOnlySettings(limits),
     });
     text = await readAll(result.stream);
   } catch (err) {

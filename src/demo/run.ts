@@ -8,6 +8,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
+import { QUERIES } from '../clickhouse/catalog.js';
 import { createClickHouse } from '../clickhouse/client.js';
 import { loadConfig } from '../config/index.js';
 import { createKafka, ensureTopics } from '../kafka/client.js';
@@ -197,8 +198,8 @@ function printHowToQuery(configFile: string, database: string, runId: string, ch
   say('');
   say('query this run:');
   say(`  npx trajstore report --database ${database}`);
-  say(`  npx trajstore sql --database ${database} "SELECT policy_version, count() AS episodes, round(avg(status = 'success'), 3) AS success FROM episode_summary WHERE run_id = '${runId}' GROUP BY policy_version ORDER BY policy_version"`);
-  say(`  npx trajstore sql --database ${database} "SELECT step, policy_version, round(loss, 4) AS loss, round(reward_mean, 3) AS reward FROM trainer_steps ORDER BY step DESC LIMIT 10"`);
+  say(`  npx trajstore sql --database ${database} "${QUERIES.demoHintByVersion.sql(database, { runId })}"`);
+  say(`  npx trajstore sql --database ${database} "${QUERIES.demoHintSteps.sql(database, {})}"`);
   say(`continue training from the last checkpoint (${relative(root, checkpoints)}):`);
   say(`  npx trajstore train -c ${cfg} --resume`);
   say(`re-train from the logged events with other settings: npx trajstore replay --help`);

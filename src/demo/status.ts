@@ -4,7 +4,8 @@
  * whole pipeline (producers → Kafka → sink → ClickHouse) works, not only the trainer.
  */
 import type { ClickHouseClient } from '@clickhouse/client';
-import { quoteIdentifier, quoteString } from '../clickhouse/sql.js';
+import { QUERIES } from '../clickhouse/catalog.js';
+import { quoteIdentifier } from '../clickhouse/sql.js';
 
 export interface VersionStat {
   version: number;
@@ -28,11 +29,9 @@ export interface Snapshot {
 
 export class DemoReader {
   private readonly db: string;
-  private readonly run: string;
 
-  constructor(private readonly client: ClickHouseClient, database: string, runId: string) {
+  constructor(private readonly client: ClickHouseClient, private readonly database: string, private readonly runId: string) {
     this.db = quoteIdentifier(database);
-    this.run = quoteString(runId);
   }
 
   private async rows<T>(query: string): Promise<T[]> {
@@ -42,7 +41,7 @@ export class DemoReader {
 
   /** The database exists once the sink has migrated it; before that every figure is zero. */
   async ready(): Promise<boolean> {
-    const rows = await this.rows<{ n: string }>(`SELECT count() AS n FROM system.tables WHERE database = ${quoteString(this.db.replace(/`/g, ''))} AND name = 'episode_summary'`);
+    const rows = await this.rows<{ n: string }>(QUERIES.demoReady.sql(this.db, { database: this.database }));
     return Number(rows[0]?.n ?? 0) > 0;
   }
 
@@ -50,9 +49,9 @@ export class DemoReader {
     const atMs = Date.now();
     if (!(await this.ready())) return { atMs, events: 0, versionsPublished: 0, newestVersion: null, trainerSteps: 0, groupsTrained: 0, versions: [] };
     const [events, versions, steps, perVersion] = await Promise.all([
-      this.rows<{ n: string }>(`SELECT count() AS n FROM ${this.db}.events_data WHERE run_id = ${this.run}`),
-      this.rows<{ n: string; v: string }>(`SELECT uniqExact(version) AS n, max(version) AS v FROM ${this.db}.policy_versions_data WHERE run_id = ${this.run}`),
-      this.rows<{ steps: string; groups: string }>(`SELECT count() AS steps, sum(num_groups) AS groups FROM ${this.db}.trainer_steps_data FINAL WHERE run_id = ${this.run}`),
+      this.rows<{ n: string }>(QUERIES.demoEvents.sql(this.db, { runId: this.runId })),
+      this.rows<{ n: string; v: string }>(QUERIES.demoVersions.sql(this.db, { runId: this.runId })),
+      this.rows<{ steps: string; groups: string }>(QUERIES.demoSteps.sql(this.db, { runId: this.runId })),
       this.perVersion(),
     ]);
     const published = Number(versions[0]?.n ?? 0);
@@ -69,15 +68,7 @@ export class DemoReader {
 
   /** Success rate per policy version over train episodes, read from the episode_summary view. */
   async perVersion(): Promise<VersionStat[]> {
-    const rows = await this.rows<Record<string, string | number>>(`
-      SELECT policy_version AS version,
-        countIf(status IN ('success', 'failure', 'timeout')) AS episodes,
-        countIf(status = 'success') AS successes,
-        avgIf(reward, status IN ('success', 'failure', 'timeout')) AS mean_reward,
-        countIf(status = 'error') AS errors
-      FROM ${this.db}.episode_summary
-      WHERE run_id = ${this.run} AND purpose = 'train'
-      GROUP BY policy_version ORDER BY policy_version`);
+    const rows = await this.rows<Record<string, string | number>>(QUERIES.demoPerVersion.sql(this.db, { runId: this.runId }));
     return rows.map((r) => {
       const episodes = Number(r.episodes);
       const successes = Number(r.successes);

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { QUERIES } from '../clickhouse/catalog.js';
 import { ServiceError } from '../util/errors.js';
 import { ensureDisk, ensurePortFree } from './preflight.js';
 import { commandOutput, isOurProcess, readPid, removeFile, spawnDaemon, stopProcess, tailFile, waitUntil } from './process.js';
@@ -110,7 +111,7 @@ export class ClickHouseService implements LocalService {
 
   private async serverVersion(): Promise<string | undefined> {
     try {
-      const response = await fetch(`${this.url}/?query=${encodeURIComponent('SELECT version()')}`, { signal: AbortSignal.timeout(2000) });
+      const response = await fetch(`${this.url}/?query=${encodeURIComponent(QUERIES.serverVersion.sql('', {}))}`, { signal: AbortSignal.timeout(2000) });
       return response.ok ? (await response.text()).trim() : undefined;
     } catch {
       return undefined;

@@ -148,9 +148,12 @@ test('a second sink on the same database skips what the watermark says is stored
 
 test('migrations are versioned and re-running them is a no-op', async (t) => {
   const { database, client } = await testDatabase(t);
-  assert.deepEqual(await migrate(client, database, logger), [1]);
+  assert.deepEqual(await migrate(client, database, logger), [1, 2]);
   assert.deepEqual(await migrate(client, database, logger), []);
-  assert.deepEqual(await rows(client, `SELECT version, name FROM ${database}.schema_migrations`), [{ version: 1, name: 'events, typed tables, policy versions, trainer steps, offsets, views' }]);
+  assert.deepEqual(await rows(client, `SELECT version, name FROM ${database}.schema_migrations ORDER BY version`), [
+    { version: 1, name: 'events, typed tables, policy versions, trainer steps, offsets, views' },
+    { version: 2, name: 'episode_summary with aliased joins (current ClickHouse)' },
+  ]);
   const tables = await rows<{ name: string }>(client, `SELECT name FROM system.tables WHERE database = ${quoteString(database)} ORDER BY name`);
   for (const view of ['events', 'groups', 'group_completions', 'episode_starts', 'episodes', 'turns', 'rewards', 'policy_versions', 'trainer_steps', 'runs', 'episode_summary', 'sink_offsets']) {
     assert.ok(tables.some((r) => r.name === view), `${view} exists`);

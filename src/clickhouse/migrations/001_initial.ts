@@ -2,7 +2,7 @@ import type { Migration } from './types.js';
 
 /**
  * The raw events table, one typed table per payload kind, the policy versions and trainer
- * steps, the sink's offset watermarks, and the views users query.
+ * steps, the sink's offset watermarks, and the views users query (episode_summary: migration 002).
  *
  * Storage tables (`*_data`) are ReplacingMergeTree keyed by the event's identity (event_id, or
  * run + version / run + step), so a redelivered event that slipped past the sink's watermark
@@ -181,32 +181,8 @@ SELECT
   uniqExact(producer_id) AS producers
 FROM ${db}.events_data FINAL
 GROUP BY run_id`,
-    // One row per finished episode with its outcome reward and its group's task: the shape of
-    // "reward and success by version and task". 18.16 joins one table per SELECT, hence nesting.
-    `CREATE VIEW IF NOT EXISTS ${db}.episode_summary AS
-SELECT
-  run_id, group_id, episode_id, policy_version, purpose, status, num_turns, prompt_tokens,
-  completion_tokens, duration_ms, error_code, finished_at_ms, reward, reward_count,
-  task_id, task_family, environment, split
-FROM (
-  SELECT
-    run_id, group_id, episode_id, policy_version, purpose, status, num_turns, prompt_tokens,
-    completion_tokens, duration_ms, error_code, timestamp_ms AS finished_at_ms, reward, reward_count
-  FROM (
-    SELECT run_id, group_id, episode_id, policy_version, purpose, status, num_turns, prompt_tokens,
-      completion_tokens, duration_ms, error_code, timestamp_ms
-    FROM ${db}.episodes_data FINAL
-  )
-  ANY LEFT JOIN (
-    SELECT episode_id, sum(value) AS reward, count() AS reward_count
-    FROM ${db}.rewards_data FINAL
-    WHERE isNull(turn_index)
-    GROUP BY episode_id
-  ) USING episode_id
-)
-ANY LEFT JOIN (
-  SELECT group_id, task_id, task_family, environment, split
-  FROM ${db}.groups_data FINAL
-) USING group_id`,
+    // episode_summary was created here, in a form current ClickHouse refuses (unaliased joined
+    // subqueries); it is created by migration 002 now, which also replaces it in databases that
+    // older code migrated. Nothing else here changed.
   ],
 };

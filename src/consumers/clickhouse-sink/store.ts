@@ -1,4 +1,5 @@
 import type { ClickHouseClient } from '@clickhouse/client';
+import { QUERIES } from '../../clickhouse/catalog.js';
 import { toClickHouseError } from '../../clickhouse/errors.js';
 import { quoteIdentifier } from '../../clickhouse/sql.js';
 import type { DataTable, Row } from './rows.js';
@@ -10,6 +11,13 @@ export interface PartitionPosition {
   nextOffset: bigint;
 }
 
+/**
+ * A row field the table lacks fails the insert, as on 18.16, instead of being dropped without a
+ * word (current releases skip unknown fields by default): rows.ts and the migrations stay pinned
+ * together on every server.
+ */
+const STRICT_INSERT = { input_format_skip_unknown_fields: 0 } as const;
+
 /** The sink's view of its database: inserts rows and the offset watermark, reads the watermark back. */
 export class SinkStore {
   private readonly db: string;
@@ -20,7 +28,7 @@ export class SinkStore {
 
   async insert(table: DataTable, rows: Row[]): Promise<void> {
     try {
-      await this.client.insert({ table: `${this.db}.${table}`, values: rows, format: 'JSONEachRow' });
+      await this.client.insert({ table: `${this.db}.${table}`, values: rows, format: 'JSONEachRow', clickhouse_settings: STRICT_INSERT });
     } catch (err) {
       throw toClickHouseError(err, `insert of ${rows.length} rows into ${table} failed`);
     }
@@ -31,7 +39,7 @@ export class SinkStore {
     const now = Math.floor(Date.now() / 1000);
     const values = positions.map((p) => ({ topic: p.topic, partition: p.partition, next_offset: p.nextOffset.toString(), updated_at: now }));
     try {
-      await this.client.insert({ table: `${this.db}.sink_offsets`, values, format: 'JSONEachRow' });
+      await this.client.insert({ table: `${this.db}.sink_offsets`, values, format: 'JSONEachRow', clickhouse_settings: STRICT_INSERT });
     } catch (err) {
       throw toClickHouseError(err, 'saving the offset watermark failed');
     }
@@ -41,7 +49,7 @@ export class SinkStore {
   async loadWatermarks(): Promise<PartitionPosition[]> {
     try {
       const result = await this.client.query({
-        query: `SELECT topic, partition, toString(max(next_offset)) AS next_offset FROM ${this.db}.sink_offsets GROUP BY topic, partition`,
+        query: QUERIES.sinkWatermarks.sql(this.db, {}),
         format: 'JSONEachRow',
       });
       const rows = await result.json<{ topic: string; partition: number | string; next_offset: string }>();
