@@ -5,6 +5,9 @@
 #   OUT=/tmp/out bash engine/scripts/gpu-bench.sh single   # GPU tests + Qwen3-1.7B-shape bench (one GPU)
 #   OUT=/tmp/out bash engine/scripts/gpu-bench.sh again    # GPU tests, 1.7B engine variants again, 8B on one GPU
 #   OUT=/tmp/out bash engine/scripts/gpu-bench.sh fsdp     # GPU tests + Qwen3-8B-shape: 1 GPU, then FSDP on 2
+#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh vl8      # GPU tests + Qwen3-VL-8B shape, 8 episodes of 5 screenshots
+#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh vl32     # Qwen3-VL-32B shape, one 16k-token episode (no tests)
+#   OUT=/tmp/out bash engine/scripts/gpu-bench.sh vl       # both VL shapes, no tests
 #
 # Each part has its own time limit, so one that hangs still leaves the others' results.
 set -uo pipefail
@@ -22,7 +25,7 @@ py="${PYTHON:-python3}"
 } 2>&1 | tee "$OUT/env.txt"
 
 # The GPU tests (test_gpu.py alone: the policy server's tests need fastapi, which GPU hosts lack).
-(cd engine && timeout 150 "$py" -m pytest tests/test_gpu.py -q -p no:cacheprovider -rA) 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+[[ "${1:-single}" == vl32 || "${1:-single}" == vl ]] || (cd engine && timeout 200 "$py" -m pytest tests/test_gpu.py -q -p no:cacheprovider -rA) 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
 
 case "${1:-single}" in
   single)
@@ -41,5 +44,18 @@ case "${1:-single}" in
     timeout 260 "$py" -m torch.distributed.run --standalone --nproc-per-node 2 -m trajstore_engine bench \
       --model 8b --variants varlen_layers --skip-long --out "$OUT/bench_8b_2gpu.json" 2>&1 | tee "$OUT/bench_8b_2gpu.log" | tail -12
     ;;
-  *) echo "usage: gpu-bench.sh single|again|fsdp" >&2; exit 2 ;;
+  vl8)
+    timeout 480 "$py" -m trajstore_engine bench --vl 8b --reps 2 --out "$OUT/bench_vl_8b.json" 2>&1 | tee "$OUT/bench_vl_8b.log" | tail -12
+    ;;
+  vl)
+    # both VL shapes in one call, without the tests
+    timeout 240 "$py" -m trajstore_engine bench --vl 8b --reps 2 --micro-batch-tokens "${VL_MBT:-12288}" \
+      --out "$OUT/bench_vl_8b.json" 2>&1 | tee "$OUT/bench_vl_8b.log" | tail -8
+    timeout 330 "$py" -m trajstore_engine bench --vl 32b --reps 2 --out "$OUT/bench_vl_32b.json" 2>&1 \
+      | tee "$OUT/bench_vl_32b.log" | tail -8
+    ;;
+  vl32)
+    timeout 560 "$py" -m trajstore_engine bench --vl 32b --reps 2 --out "$OUT/bench_vl_32b.json" 2>&1 | tee "$OUT/bench_vl_32b.log" | tail -12
+    ;;
+  *) echo "usage: gpu-bench.sh single|again|fsdp|vl8|vl32" >&2; exit 2 ;;
 esac

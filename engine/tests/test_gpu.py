@@ -9,6 +9,47 @@ from helpers import lora_state, make_engine, random_batch, randomize_lora, save_
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture
+def vl_batch(tiny_vl_model_dir, tmp_path):
+    """A batch of the tiny VL model: two screenshots and text, expanded by its own processor."""
+    import hashlib
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from trajstore_engine.batch import Batch, write_batch
+    from trajstore_engine.tiny_vl import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+    proc = AutoProcessor.from_pretrained(tiny_vl_model_dir, local_files_only=True)
+    blobs = tmp_path / "blobs"
+    shas, pil = [], []
+    for seed, (w, h) in enumerate([(1280, 720), (200, 200)]):
+        buf = io.BytesIO()
+        Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8")).save(buf, format="PNG")
+        data = buf.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        (blobs / "sha256" / sha[:2]).mkdir(parents=True, exist_ok=True)
+        (blobs / "sha256" / sha[:2] / sha).write_bytes(data)
+        shas.append(sha)
+        pil.append(Image.open(io.BytesIO(data)).convert("RGB"))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "click"}, {"type": "image"}]}]
+    text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = proc(text=[text], images=pil, return_tensors="pt")["input_ids"][0]
+    completion = torch.randint(20, 300, (40,), generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([prompt, completion])
+    T = ids.numel()
+    mask = torch.cat([torch.zeros(len(prompt), dtype=torch.bool), torch.ones(len(completion), dtype=torch.bool)])
+    settings = {"processor": "Qwen2VLImageProcessorFast", "processor_version": "test", "min_pixels": DEFAULT_MIN_PIXELS,
+                "max_pixels": DEFAULT_MAX_PIXELS, "patch_size": 16, "merge_size": 2, "temporal_patch_size": 2}
+    batch = Batch(ids, torch.tensor([0, T]), mask, torch.ones(T), torch.full((T,), -6.0),
+                  images=[shas], image_processing=[settings])
+    path = tmp_path / "vl.safetensors"
+    write_batch(path, batch)
+    return tiny_vl_model_dir, blobs, path
+
+
 def rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
@@ -171,3 +212,21 @@ def test_compiled_layers_train_new_batch_shapes_without_recompiling(tiny_model_d
         out = engine.train_step(p)
         assert out["metrics"]["loss"] == out["metrics"]["loss"]  # not NaN
     assert counters["stats"]["unique_graphs"] == graphs, "a new batch shape compiled new graphs"
+
+
+def test_gpu_bf16_vl_logprobs_with_screenshots_match_cpu_float32(vl_batch, tmp_path):
+    """The tiny Qwen3-VL on CUDA (bf16, varlen attention over the packed row, compiled layers,
+    vision tower in SDPA) scores a batch with screenshots like the CPU float32 engine."""
+    model_dir, blobs, path = vl_batch
+    lps = {}
+    for device in ("cpu", "cuda"):
+        engine = make_engine(model_dir, model={"device": device}, vision={"blob_root": str(blobs)})
+        randomize_lora(engine, seed=9)
+        lps[device] = engine.compute_logprobs(str(path), None)["logprobs"]
+        out = engine.train_step(str(path))
+        if device == "cuda":
+            assert engine.describe()["attention"] == "varlen"
+            assert engine.compile_mode == "layers"
+            assert out["metrics"]["peak_memory_gib"] > 0
+    assert rel(lps["cuda"], lps["cpu"]) < 2e-2
+    assert float((lps["cuda"] - lps["cpu"]).abs().max()) < 0.1

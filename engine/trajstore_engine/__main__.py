@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch-tokens", type=int, default=16384)
     p.add_argument("--check-checkpoint", action="store_true", help="save/step/load/step round trip")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
+    p.add_argument("--vl", choices=["2b", "8b", "32b"],
+                   help="Qwen3-VL shape instead: episodes of 1280x720 screenshots (bench_vl.py)")
+    p.add_argument("--vl-episodes", type=int, default=0, help="with --vl: episodes per step (default: the preset's)")
+    p.add_argument("--vl-compile", default="auto", choices=["auto", "layers", "kernels", "none"],
+                   help="with --vl: the engine's training.compile")
 
     args = parser.parse_args(argv)
     if args.command == "make-tiny-model":
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         from .server import serve
 
         return serve()
+    if args.command == "bench" and args.vl:
+        from .bench_vl import run_bench_vl
+
+        return run_bench_vl(args)
     if args.command == "bench":
         from .bench import run_bench
 
