@@ -10,8 +10,9 @@ recomputed ones (fp32, CPU).
     python -m trajstore_engine.policy_server.make_test_adapter OUT --model DIR --seed 1 --rank 8
 
 Modules: ``protocol`` (wire shapes, vLLM's errors), ``generation`` (batched sampling with a KV
-cache, raw logprobs), ``adapters`` (PEFT multi-adapter registry), ``scheduler`` (bounded queue, the
-worker thread), ``service`` (validation and responses), ``app`` (routes).
+cache, raw logprobs, multimodal positions), ``multimodal`` (images: data URLs, Qwen3-VL's pad
+expansion, image settings), ``adapters`` (PEFT multi-adapter registry), ``scheduler`` (bounded
+queue, the worker thread), ``service`` (validation and responses), ``app`` (routes).
 """
 
 from .service import PolicyService, ServerConfig  # noqa: F401

@@ -16,6 +16,7 @@ validate is a 400 ``BadRequestError`` (vLLM maps FastAPI's 422 to 400 too).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from http import HTTPStatus
 from typing import Any
@@ -87,8 +88,9 @@ def create_app(service: PolicyService) -> FastAPI:
     async def tokenize(request: Request) -> JSONResponse:
         body = await _parse(request, TokenizeRequest)
         service._resolve_model(body.model)
-        return JSONResponse(service.tokenize(body.prompt, body.messages, body.add_special_tokens,
-                                             body.add_generation_prompt, body.chat_template_kwargs))
+        return JSONResponse(await asyncio.to_thread(
+            service.tokenize, body.prompt, body.messages, body.add_special_tokens, body.add_generation_prompt,
+            body.chat_template_kwargs, body.mm_processor_kwargs))
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> JSONResponse:

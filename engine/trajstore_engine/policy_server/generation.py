@@ -17,6 +17,14 @@ divided by the temperature, filtered by top-k then top-p, and a token is drawn w
 exponential race ``argmax(p / q), q ~ Exp(1)``. Each sequence has its own ``torch.Generator``
 (a request with ``seed`` s gives its i-th sequence seed s + i, as vLLM's parallel sampling does),
 so a seeded request samples the same tokens whatever else shares its batch.
+
+Vision-language models (Qwen3-VL): a job may carry images (``multimodal.ImageInputs``, its prompt
+already holding one ``<|image_pad|>`` per image token). The prefill then passes the batch's
+``pixel_values`` and ``image_grid_thw`` in row order, and position ids of four rows as transformers'
+own ``Qwen3VLForConditionalGeneration._prepare_position_ids_for_generation`` builds them: the text
+positions, then the three multimodal rotary rows (t, h, w) from the model's ``get_rope_index``.
+Each decoded token's multimodal position is its text position plus the row's ``rope_delta``.
+Text-only batches take the plain path: with no image, the three rows equal the text positions.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class GenerationJob:
     n: int
     settings: SamplingSettings
     generators: list[torch.Generator]
+    images: Any = None  # multimodal.ImageInputs for a prompt with images, else None
 
 
 @dataclass
@@ -82,8 +91,12 @@ class _Row:
 
 
 def generate_batch(model: Any, tokenizer: Any, jobs: list[GenerationJob], *, pad_token_id: int,
-                   eos_token_id: int | None, max_model_len: int) -> list[list[SequenceOutput]]:
-    """Run ``jobs`` (same weights) to completion; returns, per job, its ``n`` sequences."""
+                   eos_token_id: int | None, max_model_len: int,
+                   image_token_id: int | None = None) -> list[list[SequenceOutput]]:
+    """Run ``jobs`` (same weights) to completion; returns, per job, its ``n`` sequences.
+
+    Jobs with images need ``image_token_id``; a batch must not mix them with image-less prompts that
+    hold that token (the model would scatter image features onto them): ``prefill_groups`` splits."""
     device = next(model.parameters()).device
     from transformers import DynamicCache
 
@@ -96,10 +109,15 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[GenerationJob], *, pad
             input_ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids, dtype=torch.long)
             attention[i, width - len(job.prompt_ids):] = 1
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        extra: dict[str, Any] = {}
+        deltas = None  # per row: multimodal rotary position minus text position (VL prompts)
+        if any(j.images is not None for j in jobs):
+            positions, deltas, extra = _multimodal_prefill(model, jobs, input_ids, attention, positions,
+                                                           image_token_id)
         cache = DynamicCache(config=getattr(model, "config", None))
         out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                     position_ids=positions.to(device), past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
+                    logits_to_keep=1, **{k: v.to(device) for k, v in extra.items()})
         logits = out.logits[:, -1, :].float()
 
         # 2. fan out: job j's cache row repeated n_j times
@@ -115,6 +133,7 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[GenerationJob], *, pad
             cache.batch_select_indices(index.to(device))
             logits = logits[index.to(logits.device)]
             attention = attention[index]
+            deltas = deltas[index] if deltas is not None else None
         live = list(range(len(rows)))  # rows still decoding, in cache-row order
 
         # 3. decode
@@ -131,10 +150,14 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[GenerationJob], *, pad
                 keep = torch.tensor(still, dtype=torch.long)
                 cache.batch_select_indices(keep.to(device))
                 attention = attention[keep]
+                deltas = deltas[keep] if deltas is not None else None
                 live = [live[k] for k in still]
             step_ids = torch.tensor([[rows[r].tokens[-1]] for r in live], dtype=torch.long)
             attention = torch.cat([attention, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
             positions = (attention.sum(-1, keepdim=True) - 1)
+            if deltas is not None:  # [text; t; h; w]: after the prompt every row moves as text does
+                mrope = (positions + deltas[:, None])[None].expand(3, -1, -1)
+                positions = torch.cat([positions[None], mrope], dim=0)
             out = model(input_ids=step_ids.to(device), attention_mask=attention.to(device),
                         position_ids=positions.to(device), past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :].float()
@@ -143,6 +166,36 @@ def generate_batch(model: Any, tokenizer: Any, jobs: list[GenerationJob], *, pad
     for row in rows:
         results[row.job].append(_finish(row, tokenizer))
     return results
+
+
+def prefill_groups(jobs: list[GenerationJob], image_token_id: int | None) -> list[list[int]]:
+    """Job indices in batches ``generate_batch`` can run: an image-less prompt that holds the image
+    token (a user typed it; vLLM embeds it as text) cannot share a prefill with image prompts."""
+    if image_token_id is None or not any(j.images is not None for j in jobs):
+        return [list(range(len(jobs)))]
+    main, stray = [], []
+    for i, job in enumerate(jobs):
+        (stray if job.images is None and image_token_id in job.prompt_ids else main).append(i)
+    return [g for g in (main, stray) if g]
+
+
+def _multimodal_prefill(model: Any, jobs: list[GenerationJob], input_ids: torch.Tensor, attention: torch.Tensor,
+                        text_positions: torch.Tensor, image_token_id: int | None):
+    """4-row position ids, per-row rope deltas and the image tensors for a prefill holding images."""
+    if image_token_id is None:
+        raise ValueError("jobs carry images but no image_token_id was given")
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wrapper
+    rope_index = inner.model.get_rope_index
+    # 1 marks an image token, row by row; image-less rows are all text (0)
+    types = torch.zeros_like(input_ids)
+    for i, job in enumerate(jobs):
+        if job.images is not None:
+            types[i] = (input_ids[i] == image_token_id).to(types.dtype) * attention[i]
+    grids = torch.cat([j.images.image_grid_thw for j in jobs if j.images is not None], dim=0)
+    pixels = torch.cat([j.images.pixel_values for j in jobs if j.images is not None], dim=0)
+    mrope, deltas = rope_index(input_ids, mm_token_type_ids=types, image_grid_thw=grids, attention_mask=attention)
+    positions = torch.cat([text_positions[None], mrope.to(text_positions.dtype)], dim=0)
+    return positions, deltas.reshape(-1).to(torch.long), {"pixel_values": pixels, "image_grid_thw": grids}
 
 
 def _sample_step(logits: torch.Tensor, rows: list[_Row],

@@ -6,6 +6,14 @@ PEFT initialises ``lora_B`` to zero, which makes a fresh adapter a no-op; here b
 drawn from the seed (B scaled by ``--scale``), so the adapter visibly changes the model's outputs.
 The result is an ordinary PEFT directory (adapter_config.json + adapter_model.safetensors) that
 PEFT, the engine and vLLM load. Same seed, rank and model: same bytes.
+
+For a vision-language model (Qwen3-VL) the adapter covers the language model's layers only
+(``target_modules`` becomes a regex over ``model.language_model.layers.*``): vLLM applies LoRA to the
+language model of a multimodal model unless ``--enable-tower-connector-lora`` is set
+(``LoRAModelManager``, ``vllm/lora/model_manager.py``; ``get_mm_mapping`` in
+``vllm/model_executor/models/qwen3_vl.py`` names the tower ``visual.``). Qwen3-VL's vision blocks
+name their projections ``qkv``/``proj``, so the plain names would match the same modules; the regex
+says so explicitly and stays right for towers that reuse ``q_proj`` names.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ def make_test_adapter(out_dir: str | Path, model_dir: str | Path, *, seed: int =
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ..model import load_base_model
+    from ..model import is_vision_language, load_base_model
 
     out = Path(out_dir)
     base = load_base_model(model_dir, device="cpu")
+    targets: list[str] | str = list(target_modules)
+    if is_vision_language(base.config):
+        targets = language_model_targets(target_modules)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=0.0,
-                        target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM")
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
     rng_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -42,6 +53,14 @@ def make_test_adapter(out_dir: str | Path, model_dir: str | Path, *, seed: int =
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     return out
+
+
+def language_model_targets(names) -> str:
+    """A PEFT ``target_modules`` regex (full match) for ``names`` inside the language model's layers only."""
+    import re
+
+    alternatives = "|".join(re.escape(n) for n in names)
+    return rf"(.*\.)?language_model\.layers\.\d+\..*\.({alternatives})"
 
 
 def main(argv: list[str] | None = None) -> int:

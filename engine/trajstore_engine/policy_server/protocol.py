@@ -128,6 +128,7 @@ class TokenizeRequest(OpenAIBaseModel):
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- chat completions
@@ -162,6 +163,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None  # image settings (Qwen-VL: min_pixels, max_pixels)
     return_token_ids: bool | None = None
     return_tokens_as_token_ids: bool | None = None
     use_beam_search: bool = False
