@@ -110,6 +110,8 @@ function realisticTurn(promptForm: 'full' | 'delta'): TrajectoryEvent {
         env_latency_ms: 12,
         finish_reason: 'stop',
         request_id: 'cmpl-9b1d8e7f6a5c4b3a',
+        prompt_images: [],
+        image_processing: null,
       },
     },
   });

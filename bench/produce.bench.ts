@@ -48,7 +48,7 @@ function turn(groupId: string, seq: number): TrajectoryEvent {
         prompt_format: 'messages_delta_json', prompt: JSON.stringify([{ role: 'user', content: prose(1200) }]), completion_text: prose(900),
         action: { type: 'click', args_json: '{"x":120,"y":340}' }, action_parse_error: null,
         observation: { sha256: 'a'.repeat(64), uri: `file:///blobs/sha256/aa/${'a'.repeat(64)}`, media_type: 'image/png', byte_size: 40_000, width: 1280, height: 800 },
-        latency_ms: 850, env_latency_ms: 120, finish_reason: 'stop', request_id: `chatcmpl-${randomUUID()}`,
+        latency_ms: 850, env_latency_ms: 120, finish_reason: 'stop', request_id: `chatcmpl-${randomUUID()}`, prompt_images: [], image_processing: null,
       },
     },
   });

@@ -51,7 +51,7 @@ function groupMessages(runId: string, n: number): Array<{ key: string; value: Bu
     add({ EpisodeStarted: { episode_index: e, env_seed: e, env_instance_id: null } }, eid, 0);
     add({ Turn: { turn_index: 0, model: 'bench-v1', prompt_token_ids: prompt, completion_token_ids: completion, completion_logprobs: completion.map(() => -1.25),
       token_policy_versions: null, prompt_format: 'text', prompt: 'What is 12 + 30?', completion_text: '42', action: null, action_parse_error: null,
-      observation: null, latency_ms: 20, env_latency_ms: null, finish_reason: 'stop', request_id: null } }, eid, 1);
+      observation: null, latency_ms: 20, env_latency_ms: null, finish_reason: 'stop', request_id: null, prompt_images: [], image_processing: null } }, eid, 1);
     add({ Reward: { value: e % 2, components: {}, source: 'env', turn_index: null } }, eid, 2);
     add({ EpisodeFinished: { status: 'success', num_turns: 1, prompt_tokens: 64, completion_tokens: 16, duration_ms: 20, error_code: null, error_message: null, final_observation: null } }, eid, 3);
   }

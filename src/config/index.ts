@@ -1,2 +1,2 @@
 export { loadConfig, parseConfig, applyEnvOverrides, ENV_PREFIX } from './load.js';
-export { TrajstoreConfigSchema, type TrajstoreConfig, type TrajstoreConfigInput } from './schema.js';
+export { TrajstoreConfigSchema, type ImageProcessingConfig, type TrajstoreConfig, type TrajstoreConfigInput } from './schema.js';

@@ -33,6 +33,13 @@ export const ModelSection = z
     max_seq_length: positiveInt.default(16384),
     dtype: z.enum(['bfloat16', 'float16', 'float32']).default('bfloat16'),
     gradient_checkpointing: z.boolean().default(false),
+    /**
+     * Vision-language models: the id of the image placeholder token (`<|image_pad|>`, 151655 in
+     * Qwen2-VL/Qwen3-VL) that the server repeats once per merged image patch. The trainer counts
+     * it to check every Turn's prompt against its images. Unset: read from `image_token_id` in
+     * the model directory's config.json (model.path, or model.name when it is a directory).
+     */
+    image_token_id: nonNegativeInt.optional(),
   })
   .strict();
 
@@ -109,6 +116,28 @@ export const RolloutSection = z
   })
   .strict();
 
+/**
+ * A vision policy's image settings, as the server applies them (Qwen2-VL/Qwen3-VL style: each
+ * image is resized to a multiple of patch_size * merge_size with min_pixels..max_pixels pixels,
+ * then cut into patches; merge_size^2 patches make one placeholder token). Recorded on every Turn
+ * with images, so the trainer and the engine rebuild exactly what was sampled. All explicit: a
+ * server default that changes between releases would silently change every image's tokens.
+ */
+export const ImageProcessingSection = z
+  .object({
+    /** The image processor class the server runs, e.g. Qwen2VLImageProcessorFast. */
+    processor: z.string().min(1),
+    /** Which software ran it, e.g. "vLLM 0.11.0" or "transformers 5.17.0". */
+    processor_version: z.string().min(1),
+    min_pixels: positiveInt,
+    max_pixels: positiveInt,
+    patch_size: positiveInt,
+    merge_size: positiveInt,
+    temporal_patch_size: positiveInt,
+  })
+  .strict()
+  .refine((p) => p.min_pixels <= p.max_pixels, { message: 'min_pixels must be <= max_pixels', path: ['min_pixels'] });
+
 export const InferenceSection = z
   .object({
     backend: z.enum(['vllm', 'cpu']).default('vllm'),
@@ -119,6 +148,13 @@ export const InferenceSection = z
     max_retries: nonNegativeInt.default(3),
     /** Adapter versions kept loaded on each server; keep it at or below vLLM's --max-loras. */
     max_loaded_adapters: positiveInt.default(4),
+    /**
+     * Set for a vision-language policy (it marks the run as one): the image settings the server
+     * applies. Producers send min/max pixels with every request (vLLM's per-request
+     * `mm_processor_kwargs`) and record the settings on each Turn with images; the trainer gives
+     * the engine the blobs (see storage.blob_cache).
+     */
+    image_processing: ImageProcessingSection.optional(),
   })
   .strict();
 
@@ -192,6 +228,12 @@ export const StorageSection = z
      * (vLLM's load_lora_adapter), so they must see this directory (same host or shared volume).
      */
     adapter_cache: z.string().min(1).default('.trajstore/adapter-cache'),
+    /**
+     * Vision runs with an s3:// blob store: the local directory (the store's layout,
+     * `sha256/<2 hex>/<hex>`) the trainer copies each image a batch cites into, verified by hash;
+     * the engine reads images from it. With a local blob store the engine reads the store itself.
+     */
+    blob_cache: z.string().min(1).default('.trajstore/blob-cache'),
     /** S3-compatible endpoint (MinIO, R2, ...) for s3:// stores; unset: AWS. Credentials come from the AWS SDK's usual chain. */
     s3_endpoint: httpUrl.optional(),
     s3_region: z.string().min(1).default('us-east-1'),
@@ -238,6 +280,8 @@ export const TrajstoreConfigSchema = z
   })
   .strict();
 
+/** A vision policy's image settings (inference.image_processing). */
+export type ImageProcessingConfig = z.infer<typeof ImageProcessingSection>;
 /** The validated configuration, every default filled in. */
 export type TrajstoreConfig = z.infer<typeof TrajstoreConfigSchema>;
 /** What a YAML file may contain: sections and keys with defaults are optional. */

@@ -9,6 +9,18 @@
  *
  *   const batch = packBatch(sequences);              // per-sequence arrays -> flat tensors
  *   await writeBatchFile('/tmp/b.safetensors', batch);
+ *
+ * Vision batches add two metadata keys (strings of JSON, like every safetensors metadata value),
+ * both with one entry per sequence, in sequence order (N = cu_seqlens.length - 1):
+ *   images            [[sha256 hex, ...], ...]  the sequence's prompt images in prompt order
+ *                                              ([] for a text sequence); the bytes are in the
+ *                                              engine's vision.blob_root, <root>/sha256/<2 hex>/<hex>
+ *   image_processing  [null | {"processor", "processor_version", "min_pixels", "max_pixels",
+ *                      "patch_size", "merge_size", "temporal_patch_size"}, ...]
+ *                                              the settings the server expanded them with
+ *                                              (null exactly where images is [])
+ * Both are omitted when no sequence has images, so a text batch is byte-identical to one
+ * written before images existed.
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -124,6 +136,21 @@ export interface Batch {
   behaviorLogprobs: Float32Array;
   /** Policy version that sampled each token, [T]; needed for staleness metrics and loss.max_staleness. */
   behaviorVersions?: Int32Array;
+  /** Per sequence [N]: SHA-256 hex of each prompt image, in prompt order ([] for text). Metadata `images`. */
+  images?: readonly (readonly string[])[];
+  /** Per sequence [N]: the image settings, null where the sequence has no images. Metadata `image_processing`. */
+  imageProcessing?: readonly (BatchImageProcessing | null)[];
+}
+
+/** The image settings of a vision sequence, as the Turn events record them (snake_case, the engine's names). */
+export interface BatchImageProcessing {
+  processor: string;
+  processor_version: string;
+  min_pixels: number;
+  max_pixels: number;
+  patch_size: number;
+  merge_size: number;
+  temporal_patch_size: number;
 }
 
 /** One trajectory (or one agent turn chain) as the trainer assembles it. */
@@ -138,6 +165,9 @@ export interface SequenceInput {
   behaviorVersions?: ArrayLike<number> | number;
   /** One number for the whole sequence (GRPO), or one per token. */
   advantage: number | ArrayLike<number>;
+  /** Vision sequences: the prompt's images (SHA-256 hex, prompt order) and their settings. */
+  images?: readonly string[];
+  imageProcessing?: BatchImageProcessing | null;
 }
 
 /** Concatenates sequences into a Batch (per-token advantages throughout, so sequences may mix both forms). */
@@ -153,6 +183,10 @@ export function packBatch(sequences: readonly SequenceInput[]): Batch {
     behaviorLogprobs: new Float32Array(total),
     ...(withVersions ? { behaviorVersions: new Int32Array(total) } : {}),
   };
+  if (sequences.some((s) => (s.images?.length ?? 0) > 0)) {
+    batch.images = sequences.map((s) => [...(s.images ?? [])]);
+    batch.imageProcessing = sequences.map((s) => ((s.images?.length ?? 0) > 0 ? s.imageProcessing ?? null : null));
+  }
   let at = 0;
   sequences.forEach((s, i) => {
     const n = s.tokens.length;
@@ -209,6 +243,7 @@ export function validateBatch(batch: Batch): void {
   if (batch.advantages.length !== T && batch.advantages.length !== N) {
     throw new BatchFileError(`advantages has ${batch.advantages.length} entries: one per token (${T}) or per sequence (${N})`);
   }
+  validateImages(batch, N);
   const perSeqAdv = batch.advantages.length === N && N !== T;
   for (let i = 0, s = 0; i < T; i++) {
     if (batch.inputIds[i]! < 0) throw new BatchFileError(`token ${i} has a negative id`);
@@ -219,6 +254,53 @@ export function validateBatch(batch: Batch): void {
     if (!Number.isFinite(adv)) throw new BatchFileError(`token ${i}: advantage is ${adv}`);
     if (!Number.isFinite(lp) || lp > 1e-3) throw new BatchFileError(`token ${i}: behavior logprob is ${lp}; it must be finite and <= 0`);
   }
+}
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+const IMAGE_SETTINGS = ['min_pixels', 'max_pixels', 'patch_size', 'merge_size', 'temporal_patch_size'] as const;
+
+function validateImages(batch: Batch, N: number): void {
+  const { images, imageProcessing } = batch;
+  if (images === undefined && imageProcessing === undefined) return;
+  if (!images || !imageProcessing) throw new BatchFileError('images and imageProcessing go together (both or neither)');
+  if (images.length !== N) throw new BatchFileError(`images has ${images.length} entries, one per sequence (${N}) expected`);
+  if (imageProcessing.length !== N) throw new BatchFileError(`imageProcessing has ${imageProcessing.length} entries, one per sequence (${N}) expected`);
+  for (let i = 0; i < N; i++) {
+    const list = images[i]!;
+    const ip = imageProcessing[i] ?? null;
+    for (const h of list) if (!SHA256_HEX.test(h)) throw new BatchFileError(`sequence ${i}: image ${JSON.stringify(h)} is not a lower-case SHA-256 hex digest`);
+    if ((list.length > 0) !== (ip !== null)) {
+      throw new BatchFileError(`sequence ${i}: image_processing must be set exactly when the sequence has images (${list.length} images)`);
+    }
+    if (ip) {
+      if (!ip.processor || !ip.processor_version) throw new BatchFileError(`sequence ${i}: image_processing needs processor and processor_version`);
+      for (const k of IMAGE_SETTINGS) {
+        if (!Number.isInteger(ip[k]) || ip[k] <= 0) throw new BatchFileError(`sequence ${i}: image_processing.${k} is ${ip[k]}; a positive integer expected`);
+      }
+    }
+  }
+}
+
+/**
+ * The batch's vision metadata (see the top of this file): `images` and `image_processing`, or
+ * nothing when no sequence has images.
+ */
+export function imageMetadata(batch: Pick<Batch, 'images' | 'imageProcessing'>): Record<string, string> {
+  const { images, imageProcessing } = batch;
+  if (!images || !imageProcessing || images.every((l) => l.length === 0)) return {};
+  return {
+    images: JSON.stringify(images),
+    // Keys in a fixed order, whatever order the caller's objects have.
+    image_processing: JSON.stringify(imageProcessing.map((p) => (p === null ? null : {
+      processor: p.processor,
+      processor_version: p.processor_version,
+      min_pixels: p.min_pixels,
+      max_pixels: p.max_pixels,
+      patch_size: p.patch_size,
+      merge_size: p.merge_size,
+      temporal_patch_size: p.temporal_patch_size,
+    }))),
+  };
 }
 
 /** The safetensors tensors of a batch, under the names the engine reads. */
@@ -236,11 +318,12 @@ export function batchTensors(batch: Batch): Record<string, Tensor> {
 
 /**
  * Validates `batch` and writes it to `path` (atomically). `metadata` strings travel in the file's
- * header (e.g. run id, Kafka offsets) and are kept for debugging; the engine does not interpret them.
+ * header (e.g. run id, Kafka offsets) and are kept for debugging; the engine does not interpret
+ * them. The vision keys `images` and `image_processing` are written from the batch itself.
  */
 export async function writeBatchFile(path: string, batch: Batch, metadata: Record<string, string> = {}): Promise<void> {
   validateBatch(batch);
-  const bytes = encodeSafetensors(batchTensors(batch), { ...metadata, format: BATCH_FORMAT, version: BATCH_FORMAT_VERSION });
+  const bytes = encodeSafetensors(batchTensors(batch), { ...metadata, format: BATCH_FORMAT, version: BATCH_FORMAT_VERSION, ...imageMetadata(batch) });
   await writeAtomically(path, bytes);
 }
 

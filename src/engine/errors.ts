@@ -39,6 +39,24 @@ export class EngineOutOfMemoryError extends EngineError {}
 /** The batch file was refused (missing tensors, wrong lengths, token ids outside the vocabulary, ...). */
 export class EngineBatchError extends EngineError {}
 
+/**
+ * The engine refused a vision batch for one of its images: placeholder runs that do not match the
+ * image's grid (`TRAJ_E_ENGINE_IMAGE_TOKENS`, details.sequence: the sequence's index), or an image
+ * missing from vision.blob_root or corrupted (`TRAJ_E_ENGINE_IMAGE_MISSING`, details.sha256).
+ * Nothing was applied; the same batch would be refused again.
+ */
+export class EngineImageError extends EngineError {
+  /** The batch sequence at fault, when the engine named one. */
+  get sequence(): number | null {
+    return typeof this.details.sequence === 'number' ? this.details.sequence : null;
+  }
+
+  /** The image at fault, when the engine named one. */
+  get sha256(): string | null {
+    return typeof this.details.sha256 === 'string' ? this.details.sha256 : null;
+  }
+}
+
 /** A checkpoint could not be written or read (exists already, incomplete, corrupted, other LoRA shape). */
 export class EngineCheckpointError extends EngineError {}
 
@@ -51,6 +69,9 @@ export function engineErrorFrom(command: string, body: EngineErrorBody): EngineE
       return new EngineBatchError(command, body);
     case 'TRAJ_E_ENGINE_CHECKPOINT':
       return new EngineCheckpointError(command, body);
+    case 'TRAJ_E_ENGINE_IMAGE_TOKENS':
+    case 'TRAJ_E_ENGINE_IMAGE_MISSING':
+      return new EngineImageError(command, body);
     default:
       return new EngineError(command, body);
   }

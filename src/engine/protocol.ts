@@ -75,6 +75,16 @@ export interface EngineConfig {
     /** Adds per-stage times (time_*_s, cpu_*_s) to train_step's metrics. */
     stage_timing?: boolean;
   };
+  /**
+   * Vision-language models only (the trainer sends it when inference.image_processing is set):
+   * where the images a batch's `images` metadata cites are (batch-file.ts).
+   */
+  vision?: {
+    /** Local directory in the blob store's layout, `<root>/sha256/<2 hex>/<hex>`; the engine only reads and checks each hash. */
+    blob_root: string;
+    /** Keep each image's (frozen) vision-encoder output within a train_step. Default true. */
+    cache_images?: boolean;
+  };
   seed?: number;
 }
 
@@ -254,6 +264,10 @@ export const ENGINE_ERROR_CODES = [
   'TRAJ_E_ENGINE_CHECKPOINT',
   'TRAJ_E_ENGINE_UNSUPPORTED',
   'TRAJ_E_ENGINE_INTERNAL',
+  /** A vision batch's image placeholder runs do not match what its images produce (details: sequence). */
+  'TRAJ_E_ENGINE_IMAGE_TOKENS',
+  /** An image a vision batch cites is not in vision.blob_root, or its bytes do not match its hash (details: sha256). */
+  'TRAJ_E_ENGINE_IMAGE_MISSING',
 ] as const;
 
 export type EngineErrorCode = (typeof ENGINE_ERROR_CODES)[number];

@@ -5,6 +5,7 @@
  * environment only turns replies into new observations and judges the outcome.
  */
 import type { StoredBlob } from '../storage/blob-store.js';
+import { ProducerError } from './errors.js';
 
 export type Split = 'train' | 'eval';
 
@@ -67,9 +68,25 @@ export interface EnvironmentFactory {
   readonly name: string;
   /** Screenshots go into the prompt (vision models); otherwise only the observation text does. */
   readonly sendsImages?: boolean;
+  /** With sendsImages: how many of the newest screenshots a prompt carries (default 1). */
+  readonly imagesInPrompt?: number;
   /** The index-th task of a split; the same (seed, split, index) always gives the same task. */
   task(split: Split, index: number): TaskSpec;
   create(): Promise<Environment>;
   /** Releases shared resources (the browser process). */
   close(): Promise<void>;
+}
+
+/**
+ * `env_options.screenshots_in_prompt` of a visual environment: how many of the newest screenshots
+ * each request carries (older ones become a placeholder). Default 1. Keeping every screenshot of
+ * an episode (>= max_turns) makes each prompt extend the previous one, so the trainer computes
+ * the shared history once; fewer bound the request.
+ */
+export function screenshotsInPrompt(raw: Record<string, unknown>): number {
+  const value = raw.screenshots_in_prompt ?? 1;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+    throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.screenshots_in_prompt must be a positive integer, got ${JSON.stringify(value)}`);
+  }
+  return value;
 }

@@ -13,11 +13,11 @@
  * trainer never trains on it. Every started group gets its GroupCompleted.
  */
 import { randomUUID } from 'node:crypto';
-import { newTrajectoryEvent, type EpisodeStatus, type GroupStatus, type ObservationRef, type Purpose, type TrajectoryEvent, type TrajectoryEventPayload } from '../schemas/index.js';
+import { newTrajectoryEvent, type EpisodeStatus, type GroupStatus, type ImageProcessing, type ObservationRef, type Purpose, type TrajectoryEvent, type TrajectoryEventPayload } from '../schemas/index.js';
 import type { Logger } from '../util/logger.js';
 import { Conversation } from './conversation.js';
 import type { EnvironmentFactory, Observation, RewardResult, TaskSpec } from './environment.js';
-import { describeFailure } from './errors.js';
+import { describeFailure, ProducerError } from './errors.js';
 import type { PolicyClient, SamplingOptions } from './policy-client.js';
 import { hashSeed } from '../util/random.js';
 
@@ -41,6 +41,11 @@ export interface GroupRunnerOptions {
   interrupt?: AbortSignal;
   tags?: Record<string, string>;
   logger?: Logger;
+  /**
+   * The image settings the policy server applies (inference.image_processing), recorded on every
+   * Turn whose prompt carries images. Required when the environments send images.
+   */
+  imageProcessing?: ImageProcessing | null;
 }
 
 export interface EpisodeOutcome {
@@ -62,7 +67,13 @@ export interface GroupOutcome {
 class Interrupted extends Error {}
 
 export class GroupRunner {
-  constructor(private readonly opts: GroupRunnerOptions) {}
+  constructor(private readonly opts: GroupRunnerOptions) {
+    if (opts.environments.sendsImages && !opts.imageProcessing) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `the ${opts.environments.name} environment sends screenshots to the policy, but inference.image_processing is not set`, {
+        hint: 'set inference.image_processing (processor, processor_version, min_pixels, max_pixels, patch_size, merge_size, temporal_patch_size: see configs/cua_grpo.yaml), or env_options.send_screenshots: false for a text-only policy',
+      });
+    }
+  }
 
   async runGroup(task: TaskSpec, purpose: Purpose, sampling: SamplingOptions = this.opts.sampling, groupSize = this.opts.groupSize): Promise<GroupOutcome> {
     const o = this.opts;
@@ -122,13 +133,14 @@ export class GroupRunner {
       if (env instanceof Error) throw env;
       const reset = await race(env.reset(task, envSeed), signal);
       await emitStart(reset.instanceId ?? null);
-      const conversation = new Conversation(o.environments.sendsImages ?? false);
+      const conversation = new Conversation(o.environments.sendsImages ?? false, o.environments.imagesInPrompt ?? 1);
       conversation.add('system', reset.system);
       conversation.add('user', reset.observation.text, reset.observation);
       let observation = reset.observation;
       let shownUpTo = 0; // messages already stored in an earlier Turn
       let done = false;
       for (let turn = 0; turn < o.maxTurns && !done; turn++) {
+        const promptImages = conversation.promptImages();
         const completion = await race(o.policy.complete(conversation.request(), sampling, signal), signal);
         const envStarted = Date.now();
         const step = await race(env.step(completion.text), signal);
@@ -152,6 +164,9 @@ export class GroupRunner {
             env_latency_ms: envLatency,
             finish_reason: completion.finishReason,
             request_id: completion.requestId,
+            // What the server expanded into image placeholder tokens, in prompt order, and how.
+            prompt_images: promptImages,
+            image_processing: promptImages.length > 0 ? o.imageProcessing! : null,
           },
         }, completion.policyVersion);
         shownUpTo = conversation.length;

@@ -65,6 +65,12 @@ export interface PolicyClientOptions {
   logger?: Logger;
   /** Sees every successful raw answer (auditing, tests that compare events with what the server said). */
   onResponse?: (response: ChatCompletionResponse) => void;
+  /**
+   * Sent with every request as vLLM's per-request `mm_processor_kwargs` (vision policies:
+   * `{min_pixels, max_pixels}` from inference.image_processing), so the server resizes images
+   * exactly as the Turn events record, whatever its own defaults. Unset: not sent.
+   */
+  mmProcessorKwargs?: Record<string, number>;
 }
 
 /** Network-level failures fetch reports as TypeError with a cause carrying a code. */
@@ -121,6 +127,7 @@ export class PolicyClient {
       ...(sampling.top_k != null ? { top_k: sampling.top_k } : {}),
       ...(sampling.seed !== undefined ? { seed: sampling.seed } : {}),
       ...(sampling.stop ? { stop: sampling.stop } : {}),
+      ...(this.opts.mmProcessorKwargs ? { mm_processor_kwargs: this.opts.mmProcessorKwargs } : {}),
     };
     const started = Date.now();
     let lastError: RetryableAttemptError | undefined;

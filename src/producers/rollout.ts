@@ -111,6 +111,9 @@ export class RolloutWorker {
       maxRetries: config.inference.max_retries,
       logger: opts.logger,
       onResponse: opts.onPolicyResponse,
+      ...(config.inference.image_processing
+        ? { mmProcessorKwargs: { min_pixels: config.inference.image_processing.min_pixels, max_pixels: config.inference.image_processing.max_pixels } }
+        : {}),
     });
     this.writer = new EventWriter({ kafka: opts.kafka, topic: config.kafka.topics.trajectories, compression: r.compression, logger: opts.logger });
     this.pacer = new StalenessPacer({
@@ -136,6 +139,7 @@ export class RolloutWorker {
       schedule: (fn) => this.episodes.add(fn),
       interrupt: this.interruptController.signal,
       logger: opts.logger,
+      imageProcessing: config.inference.image_processing ?? null,
     });
   }
 

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { EncodeIssue } from './errors.js';
-import { LATEST_VERSIONS, type PolicyVersion, type TrajectoryEvent, type TrajectoryEventPayload } from './types.generated.js';
+import { LATEST_VERSIONS, type PolicyVersion, type TrajectoryEvent, type TrajectoryEventPayload, type Turn } from './types.generated.js';
 
 /** Helpers around trajectory events: what kind a payload is, building one, and its invariants. */
 
@@ -122,6 +122,7 @@ export function checkTrajectoryEvent(event: TrajectoryEvent): EncodeIssue[] {
     }
     if (t.action !== null && !isJson(t.action.args_json)) bad(`${at}.action.args_json`, 'is not valid JSON');
     if (t.observation !== null) checkObservation(t.observation, `${at}.observation`, bad);
+    checkPromptImages(t, at, bad);
   } else if ('Reward' in p) {
     if (!Number.isFinite(p.Reward.value)) bad(`${at}.value`, 'must be finite');
   } else if ('EpisodeFinished' in p) {
@@ -134,6 +135,34 @@ export function checkTrajectoryEvent(event: TrajectoryEvent): EncodeIssue[] {
 function checkObservation(o: { sha256: string; byte_size: number }, path: string, bad: (path: string, message: string) => void): void {
   if (!SHA256_HEX.test(o.sha256)) bad(`${path}.sha256`, 'must be 64 lower-case hex characters');
   if (o.byte_size < 0) bad(`${path}.byte_size`, 'must be >= 0');
+}
+
+/**
+ * Since v3: the images of a Turn's prompt and the processor settings that turned them into
+ * placeholder tokens. The trainer rebuilds the exact multimodal prompt from these, so an image
+ * without settings (or settings that cannot describe a resize) is refused here, at the source.
+ */
+function checkPromptImages(t: Turn, at: string, bad: (path: string, message: string) => void): void {
+  t.prompt_images.forEach((img, i) => {
+    const path = `${at}.prompt_images[${i}]`;
+    if (!SHA256_HEX.test(img.sha256)) bad(`${path}.sha256`, 'must be 64 lower-case hex characters');
+    if (img.media_type === '') bad(`${path}.media_type`, 'must not be empty');
+    if (img.byte_size <= 0) bad(`${path}.byte_size`, 'must be > 0');
+    if (img.width <= 0) bad(`${path}.width`, 'must be > 0');
+    if (img.height <= 0) bad(`${path}.height`, 'must be > 0');
+  });
+  const ip = t.image_processing;
+  if (t.prompt_images.length > 0 && ip === null) {
+    bad(`${at}.image_processing`, 'must be set when prompt_images is not empty (the settings that expanded the images into tokens)');
+  }
+  if (ip === null) return;
+  const path = `${at}.image_processing`;
+  if (ip.processor === '') bad(`${path}.processor`, 'must not be empty');
+  if (ip.processor_version === '') bad(`${path}.processor_version`, 'must not be empty');
+  for (const f of ['min_pixels', 'max_pixels', 'patch_size', 'merge_size', 'temporal_patch_size'] as const) {
+    if (ip[f] <= 0) bad(`${path}.${f}`, 'must be > 0');
+  }
+  if (ip.min_pixels > ip.max_pixels) bad(`${path}.min_pixels`, `must be <= max_pixels (${ip.max_pixels})`);
 }
 
 const CHECKSUM = /^sha256:[0-9a-f]{64}$/;

@@ -563,6 +563,18 @@ export interface Turn {
    * Avro: `[null, string]`, default `null`.
    */
   request_id: null | string;
+  /**
+   * Added in v3. Every image in the prompt messages sent, in prompt order (the order the images appear in the messages); with image_processing, what the server expanded into the image placeholder tokens of prompt_token_ids. Empty for text prompts.
+   *
+   * Avro: `array<record PromptImage>`, default `[]`.
+   */
+  prompt_images: Array<PromptImage>;
+  /**
+   * Added in v3. Set whenever prompt_images is not empty; null for text prompts.
+   *
+   * Avro: `[null, record ImageProcessing]`, default `null`.
+   */
+  image_processing: null | ImageProcessing;
 }
 
 export type PromptFormat = 'text' | 'messages_json' | 'messages_delta_json';
@@ -617,6 +629,62 @@ export interface ObservationRef {
    * Avro: `[null, int]`, default `null`.
    */
   height: null | number;
+}
+
+/** An image of the prompt, by content hash: the bytes are in the blob store (like ObservationRef's). */
+export interface PromptImage {
+  /**
+   * Lower-case hex SHA-256 of the image's bytes; its address in the blob store.
+   *
+   * Avro: `string`.
+   */
+  sha256: string;
+  /**
+   * IANA media type of the bytes sent, e.g. image/png.
+   *
+   * Avro: `string`.
+   */
+  media_type: string;
+  /** Avro: `long`. */
+  byte_size: number;
+  /**
+   * Pixels of the image as sent (before the server's resize).
+   *
+   * Avro: `int`.
+   */
+  width: number;
+  /**
+   * Pixels of the image as sent (before the server's resize).
+   *
+   * Avro: `int`.
+   */
+  height: number;
+}
+
+/** The image settings the inference server applied (Qwen2-VL/Qwen3-VL style: smart resize to a multiple of patch_size * merge_size within [min_pixels, max_pixels]). */
+export interface ImageProcessing {
+  /**
+   * Image processor class, e.g. Qwen2VLImageProcessorFast.
+   *
+   * Avro: `string`.
+   */
+  processor: string;
+  /**
+   * What ran it, e.g. 'vLLM 0.11.0' or 'transformers 5.17.0'.
+   *
+   * Avro: `string`.
+   */
+  processor_version: string;
+  /** Avro: `long`. */
+  min_pixels: number;
+  /** Avro: `long`. */
+  max_pixels: number;
+  /** Avro: `int`. */
+  patch_size: number;
+  /** Avro: `int`. */
+  merge_size: number;
+  /** Avro: `int`. */
+  temporal_patch_size: number;
 }
 
 /** A reward for the episode (turn_index null: outcome reward) or for one turn. */
@@ -748,5 +816,5 @@ export const LATEST_VERSIONS = {
   dead_letter: 1,
   policy_version: 1,
   trainer_step_metrics: 1,
-  trajectory_event: 2,
+  trajectory_event: 3,
 } as const;

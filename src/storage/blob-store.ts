@@ -9,7 +9,7 @@
  *   const bytes = await store.get(ref.sha256);
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -108,6 +108,12 @@ export class LocalBlobStore implements BlobStore {
     }
     if (sha256Hex(bytes) !== sha256) throw new ProducerError('TRAJ_E_BLOB_STORE', `blob ${sha256} in ${this.root} is corrupted (hash mismatch)`);
     return bytes;
+  }
+
+  /** Deletes a blob (a corrupted copy in a cache, before it is fetched again); absent is fine. */
+  async remove(sha256: string): Promise<void> {
+    checkHash(sha256);
+    await rm(this.pathOf(sha256), { force: true });
   }
 
   async has(sha256: string): Promise<boolean> {

@@ -148,7 +148,7 @@ function runEvents(runId: string, t0: number, screenshots: StoredBlob[]): Trajec
             action: browser ? { type: 'click', args_json: `{"x":${40 + turn * 10},"y":60}` } : { type: 'answer', args_json: `{"text":"${g + 2}"}` },
             action_parse_error: null,
             observation: browser ? { sha256: shot.sha256, uri: shot.uri, media_type: 'image/png', byte_size: shot.byteSize, width: 160, height: 100 } : null,
-            latency_ms: 120 + turn * 30, env_latency_ms: 15, finish_reason: 'stop', request_id: null,
+            latency_ms: 120 + turn * 30, env_latency_ms: 15, finish_reason: 'stop', request_id: null, prompt_images: [], image_processing: null,
           },
         }, episodeId, seq++, 5000 + e * 1000 + turn * 400);
       }

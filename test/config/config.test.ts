@@ -23,6 +23,12 @@ test('the shipped configs validate, and cua_grpo reproduces the seeds setup', ()
   assert.deepEqual([cua.lora.r, cua.lora.alpha, cua.training.learning_rate], [16, 32, 1e-5]);
   assert.deepEqual([cua.rollout.num_rollouts, cua.rollout.max_turns], [4, 15]);
   assert.deepEqual(cua.inference.api_bases, ['http://localhost:8000/v1']);
+  // Qwen3-VL's image geometry (its preprocessor_config.json), explicit for the vision policy.
+  assert.deepEqual(cua.inference.image_processing, {
+    processor: 'Qwen2VLImageProcessorFast', processor_version: 'vLLM 0.11.0',
+    min_pixels: 65536, max_pixels: 16777216, patch_size: 16, merge_size: 2, temporal_patch_size: 2,
+  });
+  assert.equal(cua.model.image_token_id, 151655);
   const demo = loadConfig('configs/demo.yaml', {});
   assert.equal(demo.inference.backend, 'cpu');
   assert.equal(demo.training.clip_high, 0.28, 'unlisted fields take their defaults');
@@ -40,6 +46,15 @@ test('a value of the wrong type or range names the field and the reason', () => 
   const byPath = new Map(err.issues.map((i) => [i.path, i.message]));
   assert.match(byPath.get('lora.r') ?? '', /too small|>0/i);
   assert.match(byPath.get('kafka.brokers.0') ?? '', /host:port/);
+});
+
+test('a vision policy’s image settings are all required, and errors name each field', () => {
+  const err = configError('model: {name: m}\ninference:\n  image_processing: {processor: P, processor_version: v1, min_pixels: 70000, max_pixels: 65536, patch_size: 16}\n');
+  const paths = err.issues.map((i) => i.path).sort();
+  assert.deepEqual(paths, ['inference.image_processing.merge_size', 'inference.image_processing.temporal_patch_size']);
+  const order = configError('model: {name: m}\ninference:\n  image_processing: {processor: P, processor_version: v1, min_pixels: 70000, max_pixels: 65536, patch_size: 16, merge_size: 2, temporal_patch_size: 2}\n');
+  assert.deepEqual(order.issues.map((i) => i.path), ['inference.image_processing.min_pixels']);
+  assert.match(order.message, /min_pixels must be <= max_pixels/);
 });
 
 test('a missing required field is named', () => {

@@ -95,6 +95,7 @@ test('named volumes hold Kafka, ClickHouse, adapters and blobs', () => {
   assert.ok(services.kafka!.volumes!.includes('kafka-data:/var/lib/kafka/data'));
   assert.ok(services.clickhouse!.volumes!.includes('clickhouse-data:/var/lib/clickhouse'));
   assert.ok(services.producer!.volumes!.includes('blobs:/data/blobs'));
+  assert.ok(services.trainer!.volumes!.includes('blobs:/data/blobs:ro'), 'the trainer (vision runs) reads the screenshots the producers store');
 });
 
 test('producers scale: replicas from .env, and staleness pacing is told how many there are', () => {

@@ -39,12 +39,16 @@ function writeSchema(dir: string, family: string, version: number, schema: unkno
   writeFileSync(join(dir, family, `v${version}.avsc`), JSON.stringify(schema, null, 2));
 }
 
-/** A v3 of trajectory_event made from v2 by `change`. */
-function withV3(change: (v3: Json) => void): string {
+/** The newest shipped version of trajectory_event, and the next one the tests below make. */
+const LATEST = 3;
+const NEXT = LATEST + 1;
+
+/** A next version (v4) of trajectory_event made from the newest shipped one (v3) by `change`. */
+function withNext(change: (next: Json) => void): string {
   const dir = scratch();
-  const v3 = readSchema(dir, 'trajectory_event', 2);
-  change(v3);
-  writeSchema(dir, 'trajectory_event', 3, v3);
+  const next = readSchema(dir, 'trajectory_event', LATEST);
+  change(next);
+  writeSchema(dir, 'trajectory_event', NEXT, next);
   return dir;
 }
 
@@ -66,7 +70,7 @@ describe('schemas check', () => {
     const report = checkSchemas();
     assert.deepEqual(report.issues, []);
     assert.ok(report.ok);
-    assert.ok(report.versions.some((v) => v.schema === 'trajectory_event' && v.version === 2 && v.latest));
+    assert.ok(report.versions.some((v) => v.schema === 'trajectory_event' && v.version === LATEST && v.latest));
   });
 
   test('types.generated.ts is what codegen produces from the shipped schemas', () => {
@@ -74,18 +78,18 @@ describe('schemas check', () => {
   });
 
   test('a field added without a default is caught, naming schema, version and field', () => {
-    const dir = withV3((v3) => v3.fields.splice(3, 0, { name: 'attempt', type: 'int' }));
+    const dir = withNext((next) => next.fields.splice(3, 0, { name: 'attempt', type: 'int' }));
     const issues = only(checkSchemas(dir).issues, 'TRAJ_E_SCHEMA_INCOMPATIBLE');
     assert.equal(issues.length, 1, JSON.stringify(issues));
     assert.equal(issues[0]!.schema, 'trajectory_event');
-    assert.equal(issues[0]!.version, 3);
+    assert.equal(issues[0]!.version, NEXT);
     assert.equal(issues[0]!.field, 'attempt');
-    assert.match(issues[0]!.message, /trajectory_event v3 cannot read data written with v2: field attempt: .*without a default/);
+    assert.match(issues[0]!.message, new RegExp(`trajectory_event v${NEXT} cannot read data written with v${LATEST}: field attempt: .*without a default`));
   });
 
   test('a type change deep in the payload is caught with its path', () => {
-    const dir = withV3((v3) => {
-      const latency = turnFields(v3).find((f) => f.name === 'latency_ms')!;
+    const dir = withNext((next) => {
+      const latency = turnFields(next).find((f) => f.name === 'latency_ms')!;
       latency.type = 'string';
     });
     const [issue] = only(checkSchemas(dir).issues, 'TRAJ_E_SCHEMA_INCOMPATIBLE');
@@ -94,8 +98,8 @@ describe('schemas check', () => {
   });
 
   test('a removed enum symbol is caught', () => {
-    const dir = withV3((v3) => {
-      const purpose = v3.fields.find((f) => f.name === 'purpose')!;
+    const dir = withNext((next) => {
+      const purpose = next.fields.find((f) => f.name === 'purpose')!;
       (purpose.type as { symbols: string[] }).symbols = ['train'];
     });
     const [issue] = only(checkSchemas(dir).issues, 'TRAJ_E_SCHEMA_INCOMPATIBLE');
@@ -104,8 +108,8 @@ describe('schemas check', () => {
   });
 
   test('a removed payload kind is caught', () => {
-    const dir = withV3((v3) => {
-      const payload = v3.fields.find((f) => f.name === 'payload')!;
+    const dir = withNext((next) => {
+      const payload = next.fields.find((f) => f.name === 'payload')!;
       payload.type = (payload.type as Array<{ name: string }>).filter((r) => r.name !== 'Reward');
     });
     const [issue] = only(checkSchemas(dir).issues, 'TRAJ_E_SCHEMA_INCOMPATIBLE');
@@ -113,11 +117,11 @@ describe('schemas check', () => {
   });
 
   test('compatible changes pass once pinned and regenerated: a defaulted field, a promotion, a removed field', () => {
-    const dir = withV3((v3) => {
-      v3.fields.splice(3, 0, { name: 'attempt', type: 'int', default: 0 });
-      turnFields(v3).find((f) => f.name === 'latency_ms')!.type = 'long'; // int -> long promotes
-      const i = turnFields(v3).findIndex((f) => f.name === 'request_id');
-      turnFields(v3).splice(i, 1); // readers may drop fields
+    const dir = withNext((next) => {
+      next.fields.splice(3, 0, { name: 'attempt', type: 'int', default: 0 });
+      turnFields(next).find((f) => f.name === 'latency_ms')!.type = 'long'; // int -> long promotes
+      const i = turnFields(next).findIndex((f) => f.name === 'request_id');
+      turnFields(next).splice(i, 1); // readers may drop fields
     });
     const before = checkSchemas(dir);
     assert.deepEqual(
@@ -126,7 +130,7 @@ describe('schemas check', () => {
       JSON.stringify(before.issues),
     );
     const { added } = lockSchemas(dir);
-    assert.deepEqual(added, ['trajectory_event v3']);
+    assert.deepEqual(added, [`trajectory_event v${NEXT}`]);
     writeFileSync(join(dir, 'types.generated.ts'), generateTypes(loadSchemaDir(dir)));
     assert.deepEqual(checkSchemas(dir).issues, []);
   });
@@ -161,14 +165,14 @@ describe('schemas check', () => {
   });
 
   test('a version that changes nothing on the wire is refused (fingerprints must differ)', () => {
-    const dir = withV3((v3) => {
-      v3.doc = 'only the doc changed';
+    const dir = withNext((next) => {
+      next.doc = 'only the doc changed';
     });
     assert.ok(only(checkSchemas(dir).issues, 'TRAJ_E_SCHEMA_DUPLICATE').length === 1);
   });
 
   test('lock refuses to pin while a version is incompatible, and never rewrites a pin', () => {
-    const dir = withV3((v3) => v3.fields.splice(3, 0, { name: 'attempt', type: 'int' }));
+    const dir = withNext((next) => next.fields.splice(3, 0, { name: 'attempt', type: 'int' }));
     const before = readFileSync(join(dir, 'fingerprints.json'), 'utf8');
     const { added, report } = lockSchemas(dir);
     assert.deepEqual(added, []);
@@ -191,12 +195,12 @@ describe('trajstore schemas (CLI)', () => {
   });
 
   test('`schemas check` exits non-zero naming the schema, version and field of an incompatible change', () => {
-    const dir = withV3((v3) => {
-      turnFields(v3).find((f) => f.name === 'latency_ms')!.type = 'string';
+    const dir = withNext((next) => {
+      turnFields(next).find((f) => f.name === 'latency_ms')!.type = 'string';
     });
     const r = cli('check', '--dir', dir);
     assert.equal(r.status, 1);
-    assert.match(r.stderr, /TRAJ_E_SCHEMA_INCOMPATIBLE \[trajectory_event v3 payload\.Turn\.latency_ms\]/);
+    assert.match(r.stderr, new RegExp(`TRAJ_E_SCHEMA_INCOMPATIBLE \\[trajectory_event v${NEXT} payload\\.Turn\\.latency_ms\\]`));
   });
 
   test('`schemas decode --hex` prints a message as JSON', () => {

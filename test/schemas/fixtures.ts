@@ -2,13 +2,15 @@
  * Sample values of every event type, typed with the generated TypeScript types: if the types
  * and the schemas ever disagree, either this file stops compiling or the round-trip tests fail.
  */
-import type {
-  DeadLetter,
-  ObservationRef,
-  PolicyVersion,
-  TrainerStepMetrics,
-  TrajectoryEvent,
-  TrajectoryEventPayload,
+import {
+  LATEST_VERSIONS,
+  type DeadLetter,
+  type ImageProcessing,
+  type ObservationRef,
+  type PolicyVersion,
+  type TrainerStepMetrics,
+  type TrajectoryEvent,
+  type TrajectoryEventPayload,
 } from '../../src/schemas/index.js';
 
 /** Seeded PRNG (mulberry32): the same data on every run. */
@@ -23,6 +25,17 @@ const observation: ObservationRef = {
   height: 800,
 };
 
+/** Qwen3-VL's image settings (its preprocessor_config.json), as a vLLM server records them. */
+export const qwen3VlProcessing: ImageProcessing = {
+  processor: 'Qwen2VLImageProcessorFast',
+  processor_version: 'vLLM 0.11.0',
+  min_pixels: 65_536,
+  max_pixels: 16_777_216,
+  patch_size: 16,
+  merge_size: 2,
+  temporal_patch_size: 2,
+};
+
 export function envelope(payload: TrajectoryEventPayload, overrides: Partial<TrajectoryEvent> = {}): TrajectoryEvent {
   const groupLevel = 'GroupStarted' in payload || 'GroupCompleted' in payload;
   return {
@@ -33,7 +46,7 @@ export function envelope(payload: TrajectoryEventPayload, overrides: Partial<Tra
     seq: 2,
     timestamp: 1_763_900_000_123,
     producer_id: 'rollout-worker-7@host-3',
-    schema_version: 2,
+    schema_version: LATEST_VERSIONS.trajectory_event,
     policy_version: 12,
     purpose: 'train',
     trace_id: '4bf92f3577b34da6a3ce929d0e0e4736',
@@ -77,6 +90,8 @@ export const turn = envelope({
     env_latency_ms: 120,
     finish_reason: 'stop',
     request_id: 'cmpl-8a7b6c',
+    prompt_images: [{ sha256: 'a'.repeat(64), media_type: 'image/png', byte_size: 183_422, width: 1280, height: 800 }],
+    image_processing: qwen3VlProcessing,
   },
 });
 
@@ -98,6 +113,8 @@ export const turnUnparsed = envelope({
     env_latency_ms: null,
     finish_reason: 'length',
     request_id: null,
+    prompt_images: [],
+    image_processing: null,
   },
 }, { purpose: 'eval', trace_id: null, tags: {}, policy_version: 0 });
 

@@ -34,6 +34,7 @@ function corpus(): Buffer[] {
   for (const event of Object.values(fx.allTrajectoryEvents)) {
     out.push(encodeTrajectoryEvent(event));
     out.push(encodeTrajectoryEvent(event, { writerVersion: 1 }));
+    out.push(encodeTrajectoryEvent(event, { writerVersion: 2 }));
   }
   out.push(encodePolicyVersion(fx.policyVersion), encodeTrainerStepMetrics(fx.trainerStepMetrics), encodeDeadLetter(fx.deadLetter));
   return out;

@@ -158,6 +158,26 @@ describe('encoding refuses what consumers would choke on', () => {
     assert.throws(() => encodeTrajectoryEvent(bad), /observation\.sha256/);
   });
 
+  test('prompt images need the image settings that expanded them, a content hash and real sizes', () => {
+    const withTurn = (over: Partial<typeof turn>) => ({ ...fx.turn, payload: { Turn: { ...turn, ...over } } });
+    assert.throws(() => encodeTrajectoryEvent(withTurn({ image_processing: null })), /payload\.Turn\.image_processing: must be set when prompt_images is not empty/);
+    const image = turn.prompt_images[0]!;
+    assert.throws(() => encodeTrajectoryEvent(withTurn({ prompt_images: [image, { ...image, sha256: 'A'.repeat(64) }] })), /prompt_images\[1\]\.sha256: must be 64 lower-case hex/);
+    assert.throws(() => encodeTrajectoryEvent(withTurn({ prompt_images: [{ ...image, width: 0 }] })), /prompt_images\[0\]\.width: must be > 0/);
+    assert.throws(() => encodeTrajectoryEvent(withTurn({ prompt_images: [{ ...image, byte_size: 0 }] })), /prompt_images\[0\]\.byte_size/);
+    assert.throws(() => encodeTrajectoryEvent(withTurn({ image_processing: { ...fx.qwen3VlProcessing, patch_size: 0 } })), /image_processing\.patch_size: must be > 0/);
+    assert.throws(() => encodeTrajectoryEvent(withTurn({ image_processing: { ...fx.qwen3VlProcessing, min_pixels: 2 ** 25 } })), /image_processing\.min_pixels: must be <= max_pixels/);
+    // Settings without images are fine (a vision policy's text-only turn); so is neither.
+    encodeTrajectoryEvent(withTurn({ prompt_images: [] }));
+    encodeTrajectoryEvent(withTurn({ prompt_images: [], image_processing: null }));
+  });
+
+  test('several prompt images keep their order', () => {
+    const images = ['b', 'c', 'a'].map((h, i) => ({ sha256: h.repeat(64), media_type: 'image/png', byte_size: 1000 + i, width: 640, height: 480 + i }));
+    const event = { ...fx.turn, payload: { Turn: { ...turn, prompt_images: images } } };
+    assert.deepEqual(fx.plain(payloadAs(decodeTrajectoryEvent(encodeTrajectoryEvent(event)), 'Turn')!.prompt_images), images);
+  });
+
   test('a policy version checksum says its algorithm', () => {
     assert.throws(() => encodePolicyVersion({ ...fx.policyVersion, adapter_checksum: 'deadbeef' }), /adapter_checksum/);
   });
@@ -177,7 +197,7 @@ describe('encoding refuses what consumers would choke on', () => {
 });
 
 describe('building events', () => {
-  test('newTrajectoryEvent fills id, time, schema version and v2 defaults', () => {
+  test('newTrajectoryEvent fills id, time, schema version and envelope defaults', () => {
     const before = Date.now();
     const e = newTrajectoryEvent({
       run_id: 'r',
@@ -198,8 +218,9 @@ describe('building events', () => {
   });
 
   test('schema_version is stamped with the version actually written', () => {
-    assert.equal(decodeTrajectoryEvent(encodeTrajectoryEvent({ ...fx.turn, schema_version: 1 })).schema_version, 2);
+    assert.equal(decodeTrajectoryEvent(encodeTrajectoryEvent({ ...fx.turn, schema_version: 1 })).schema_version, LATEST_VERSIONS.trajectory_event);
     assert.equal(decodeTrajectoryEvent(encodeTrajectoryEvent(fx.turn, { writerVersion: 1 })).schema_version, 1);
+    assert.equal(decodeTrajectoryEvent(encodeTrajectoryEvent(fx.turn, { writerVersion: 2 })).schema_version, 2);
   });
 
   test('payloadAs narrows to the payload of one kind', () => {
@@ -215,6 +236,14 @@ describe('decoded values are independent', () => {
     const b = decodeTrajectoryEvent(v1);
     a.tags.mutated = 'yes';
     assert.deepEqual(b.tags, {});
+  });
+
+  test('array defaults filled in for old events are not shared between events', () => {
+    const v2 = encodeTrajectoryEvent(fx.turn, { writerVersion: 2 });
+    const a = payloadAs(decodeTrajectoryEvent(v2), 'Turn')!;
+    const b = payloadAs(decodeTrajectoryEvent(v2), 'Turn')!;
+    a.prompt_images.push(payloadAs(fx.turn, 'Turn')!.prompt_images[0]!);
+    assert.deepEqual(b.prompt_images, []);
   });
 
   test('a "__proto__" map key stays data and does not change the object’s prototype', () => {

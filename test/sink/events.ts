@@ -106,6 +106,8 @@ function turnPayload(rand: () => number, turnIndex: number, shape: RunShape) {
     env_latency_ms: 20,
     finish_reason: 'stop',
     request_id: randomUUID(),
+    prompt_images: [],
+    image_processing: null,
   };
 }
 

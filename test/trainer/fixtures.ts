@@ -70,7 +70,7 @@ export function groupEvents(spec: GroupSpec): TrajectoryEvent[] {
     out.push(ev({ EpisodeStarted: { episode_index: i, env_seed: i, env_instance_id: null } }, eid, 0));
     out.push(ev({ Turn: { turn_index: 0, model: 'tiny', prompt_token_ids: prompt, completion_token_ids: completion,
       completion_logprobs: completion.map(() => -Math.fround(1 + rand() * 4)), token_policy_versions: null, prompt_format: 'text', prompt: 'p', completion_text: 'c',
-      action: null, action_parse_error: null, observation: null, latency_ms: 1, env_latency_ms: null, finish_reason: 'length', request_id: null } }, eid, 1));
+      action: null, action_parse_error: null, observation: null, latency_ms: 1, env_latency_ms: null, finish_reason: 'length', request_id: null, prompt_images: [], image_processing: null } }, eid, 1));
     out.push(ev({ Reward: { value: spec.rewards?.[i] ?? i % 2, components: {}, source: 'env', turn_index: null } }, eid, 2));
     out.push(ev({ EpisodeFinished: { status: spec.statuses?.[i] ?? 'success', num_turns: 1, prompt_tokens: prompt.length, completion_tokens: completion.length,
       duration_ms: 1, error_code: null, error_message: null, final_observation: null } }, eid, 3));

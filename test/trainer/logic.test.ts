@@ -161,6 +161,7 @@ describe('filters and advantages', () => {
 describe('sequences', () => {
   const turn = (i: number, prompt: number[], completion: number[], v = 0) => ({
     turnIndex: i, promptTokenIds: prompt, completionTokenIds: completion, completionLogprobs: completion.map(() => -1), tokenPolicyVersions: null, policyVersion: v,
+    promptImages: [], imageProcessing: null,
   });
 
   it('trains exactly the sampled tokens: prompt masked, completion unmasked with its logprobs', () => {
@@ -190,7 +191,7 @@ describe('sequences', () => {
 describe('batching', () => {
   const tg = (id: string, tokens: number): TrainGroup => ({
     groupId: id, first: { partition: 0, offset: 0 }, rewards: [1, 0], tokens, behaviorVersion: 0, versionsBehind: 0, weight: 1,
-    sequences: [{ tokens: Array(tokens).fill(3), lossMask: [0, ...Array(tokens - 1).fill(1)], behaviorLogprobs: Array(tokens).fill(-1), behaviorVersions: Array(tokens).fill(0), advantage: 1 }],
+    sequences: [{ tokens: Array(tokens).fill(3), lossMask: [0, ...Array(tokens - 1).fill(1)], behaviorLogprobs: Array(tokens).fill(-1), behaviorVersions: Array(tokens).fill(0), advantage: 1, images: [], imageProcessing: null }],
   });
 
   it('a step takes batch_size groups; a partial step waits unless flushed', () => {

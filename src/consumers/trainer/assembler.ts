@@ -204,6 +204,8 @@ export class GroupAssembler {
         completionLogprobs: t.completion_logprobs,
         tokenPolicyVersions: t.token_policy_versions,
         policyVersion: event.policy_version,
+        promptImages: t.prompt_images,
+        imageProcessing: t.image_processing,
       });
     } else if ('Reward' in p) {
       if (p.Reward.turn_index === null) {

@@ -4,6 +4,7 @@
  * advantages are relative to each other). A group larger than the budget gets a step of its
  * own. The engine then packs the step into micro-batches of its own token budget.
  */
+import type { ImageProcessing } from '../../schemas/index.js';
 import type { TrainGroup } from './types.js';
 
 export interface BatcherOptions {
@@ -55,6 +56,9 @@ export interface StepTensors {
   numTokens: number;
   numSequences: number;
   trainedTokens: number;
+  /** Per sequence: its prompt images (SHA-256, prompt order; [] for text) and their settings (batch metadata). */
+  images: string[][];
+  imageProcessing: (ImageProcessing | null)[];
 }
 
 export function stepTensors(groups: TrainGroup[]): StepTensors {
@@ -70,6 +74,8 @@ export function stepTensors(groups: TrainGroup[]): StepTensors {
     numTokens: total,
     numSequences: seqs.length,
     trainedTokens: 0,
+    images: seqs.map((s) => s.images),
+    imageProcessing: seqs.map((s) => (s.images.length > 0 ? s.imageProcessing : null)),
   };
   let at = 0;
   seqs.forEach((s, i) => {

@@ -15,7 +15,7 @@ import type { Producer } from 'kafkajs';
 import type { TrajstoreConfig } from '../../config/index.js';
 import type { EngineClient } from '../../engine/client.js';
 import { writeBatchFile } from '../../engine/batch-file.js';
-import { EngineBatchError } from '../../engine/errors.js';
+import { EngineBatchError, EngineImageError } from '../../engine/errors.js';
 import { buildDeadLetter, encodeTrainerStepMetrics } from '../../schemas/index.js';
 import { s3OptionsOf } from '../../storage/s3.js';
 import type { Logger } from '../../util/logger.js';
@@ -23,7 +23,9 @@ import { openAdapterStore, type AdapterStore, type StoredAdapter } from './adapt
 import { GroupAssembler, type AssemblerCounters } from './assembler.js';
 import { StepBatcher, stepTensors } from './batcher.js';
 import { checkpointDir, pruneCheckpoints, type ReplayPosition, type TrainerState } from './checkpoints.js';
+import { imageTokenIdFor, isVisionRun } from './engine-setup.js';
 import { prepareGroup, type FilterOptions } from './filters.js';
+import { ImageBlobs } from './image-blobs.js';
 import { Ledger } from './ledger.js';
 import { OffsetTracker, type ResumeState } from './offsets.js';
 import type { VersionPublisher } from './publisher.js';
@@ -89,6 +91,8 @@ export class TrainerCore {
   private pendingDrops: Record<string, string> = {};
   private readonly store: AdapterStore;
   private readonly filter: FilterOptions;
+  /** Vision runs: where the engine reads the images of a batch (null for text runs). */
+  private readonly images: ImageBlobs | null;
   private readonly outDir: string;
   private lastPublishMs: number | null = null;
   private readonly pendingGroups = new Map<string, PendingGroup>();
@@ -110,7 +114,9 @@ export class TrainerCore {
       stalePolicy: c.training.stale_policy,
       stdScaling: c.training.advantage_std_scaling,
       maxSeqLength: c.model.max_seq_length,
+      imageTokenId: imageTokenIdFor(c),
     };
+    this.images = isVisionRun(c) ? new ImageBlobs(c.storage, { logger: o.logger }) : null;
     const r = o.resume;
     this.tracker = new OffsetTracker(r?.resume);
     this.assembler = new GroupAssembler({
@@ -162,8 +168,8 @@ export class TrainerCore {
       }
       if (event.run_id === this.o.sourceRunId && event.timestamp > this.logClock) this.logClock = event.timestamp;
       const { completed, evicted } = this.assembler.accept(event, { partition: rec.partition, offset: rec.offset }, this.o.idleClock?.() ?? 0);
-      if (evicted) this.decide(evicted, 'evicted');
-      if (completed) this.decide(completed);
+      if (evicted) await this.decide(evicted, 'evicted');
+      if (completed) await this.decide(completed);
       await this.trainReadySteps(false);
     }
   }
@@ -180,8 +186,8 @@ export class TrainerCore {
       this.raiseLogVersion(group); // decided before the checkpoint resumed from: only its versions still count
       return;
     }
-    if (evicted) this.decide(group, 'evicted');
-    else this.decide(group, undefined, seq);
+    if (evicted) await this.decide(group, 'evicted');
+    else await this.decide(group, undefined, seq);
     await this.trainReadySteps(false);
   }
 
@@ -209,13 +215,13 @@ export class TrainerCore {
    */
   async expire(): Promise<void> {
     const idle = this.o.idleClock?.();
-    for (const g of this.assembler.expire({ logMs: this.logClock, ...(idle === undefined ? {} : { wallMs: idle }) })) this.decide(g);
+    for (const g of this.assembler.expire({ logMs: this.logClock, ...(idle === undefined ? {} : { wallMs: idle }) })) await this.decide(g);
     await this.trainReadySteps(false);
   }
 
   /** End of input (replay range, or shutdown): trains what is pending unless `keepPending`, then checkpoints. */
   async finish(opts: { closeOpen: boolean; flush: boolean }): Promise<void> {
-    if (opts.closeOpen) for (const g of this.assembler.closeAll()) this.decide(g);
+    if (opts.closeOpen) for (const g of this.assembler.closeAll()) await this.decide(g);
     if (opts.flush) await this.trainReadySteps(true);
     if (this.o.dryRun) return;
     if (Object.keys(this.pendingDrops).length > 0) this.ledger.append({ step: this.step, policy_version: this.version, trained: [], dropped: this.takeDrops() });
@@ -231,15 +237,26 @@ export class TrainerCore {
   }
 
   /** `seq`: the group's place in a replay's merge. */
-  private decide(group: AssembledGroup, forced?: DropReason, seq?: number): void {
+  private async decide(group: AssembledGroup, forced?: DropReason, seq?: number): Promise<void> {
     const logVersionBefore = this.logVersion;
     if (this.o.mode === 'replay') this.raiseLogVersion(group);
     if (forced) return this.drop(group, forced);
     const current = this.o.mode === 'stream' ? this.version : this.logVersion;
     const res = prepareGroup(group, current, this.filter);
     if (!res.ok) {
+      if (res.detail) this.o.logger.warn({ group: group.groupId, reason: res.reason, detail: res.detail }, 'group dropped');
       this.countEpisodeDrops(res.episodeDrops);
       return this.drop(group, res.reason);
+    }
+    // Vision: every image the sequences cite must be under the engine's blob root, verified.
+    const images = res.group.sequences.flatMap((q) => q.images);
+    if (images.length > 0 && this.images) {
+      const { missing } = await this.images.ensure(images, { checkOnly: this.o.dryRun === true });
+      if (missing.length > 0) {
+        this.o.logger.warn({ group: group.groupId, missing: missing.slice(0, 5), count: missing.length }, 'group dropped: an image it cites is not in the blob store');
+        this.countEpisodeDrops(res.episodeDrops);
+        return this.drop(group, 'image_missing');
+      }
     }
     // Counted when the group is trained: one waiting at a checkpoint is read and decided again after a resume.
     this.pendingGroups.set(res.group.groupId, { episodeDrops: res.episodeDrops, downweighted: res.group.weight < 1, ...(seq === undefined ? {} : { seq, logVersionBefore }) });
@@ -297,6 +314,10 @@ export class TrainerCore {
     try {
       reply = await this.engine().trainStep(batchPath, { policyVersion: this.currentVersion() });
     } catch (err) {
+      if (err instanceof EngineImageError) {
+        rmSync(batchPath, { force: true });
+        return this.retryWithoutImageFault(groups, err);
+      }
       // A batch the engine refuses (token ids outside the model's vocabulary: events from another
       // model) would be refused again after every restart: drop its groups, counted, and go on.
       if (!(err instanceof EngineBatchError)) throw err;
@@ -356,6 +377,40 @@ export class TrainerCore {
       groups: groups.length, tokens: metrics.num_tokens, tokens_per_s: Math.round(metrics.tokens_per_second),
       mismatch: round(metrics.behavior_logprob_abs_diff_mean), step_ms: Math.round(stepTimeMs),
       save_ms: Math.round(tSaved - tTrained), publish_ms: Math.round(tPublished - tSaved), metrics_ms: Math.round(performance.now() - tPublished) }, 'step');
+  }
+
+  /**
+   * The engine refused the step for an image (the trainer's own checks passed: a blob deleted
+   * since, or a placeholder run the count check cannot see, e.g. pads split around an image).
+   * The same batch would be refused after every restart, so the groups at fault are dropped
+   * (image_missing / image_placeholder_mismatch, counted) and the step is tried again with the
+   * others; when the engine names no sequence or image, every group of the step is dropped.
+   */
+  private async retryWithoutImageFault(groups: TrainGroup[], err: EngineImageError): Promise<void> {
+    const reason: DropReason = err.code === 'TRAJ_E_ENGINE_IMAGE_MISSING' ? 'image_missing' : 'image_placeholder_mismatch';
+    let faulty: TrainGroup[];
+    if (err.sha256 !== null) {
+      const sha = err.sha256;
+      faulty = groups.filter((g) => g.sequences.some((q) => q.images.includes(sha)));
+      this.images?.forget(sha);
+    } else if (err.sequence !== null) {
+      let left = err.sequence;
+      faulty = groups.filter((g) => {
+        const mine = left >= 0 && left < g.sequences.length;
+        left -= g.sequences.length;
+        return mine;
+      });
+    } else {
+      faulty = [];
+    }
+    if (faulty.length === 0) faulty = groups;
+    this.o.logger.error({ err: err.message, reason, groups: faulty.map((g) => g.groupId) }, 'the engine refused an image of the batch; the groups citing it are dropped');
+    for (const g of faulty) {
+      this.settle(g);
+      this.drop({ groupId: g.groupId, first: g.first }, reason);
+    }
+    const rest = groups.filter((g) => !faulty.includes(g));
+    if (rest.length > 0) await this.trainStep(rest);
   }
 
   private engine(): EngineClient {

@@ -3,11 +3,16 @@
  * 1. the group: eval purpose, aborted, closed by timeout or eviction → dropped;
  * 2. episodes: error / interrupted / unfinished / without turns or outcome reward / longer than
  *    the model's context → left out (counted);
- * 3. fewer than 2 episodes left → 'too_few_episodes'; all rewards equal → 'equal_rewards';
- * 4. staleness: the oldest behavior version of the group against the trainer's version; past
+ * 3. images: a kept turn with images in a run that is not a vision run → 'image_unsupported';
+ *    a kept turn whose image placeholder tokens do not match its images (image-tokens.ts) →
+ *    'image_placeholder_mismatch' (the engine could not reproduce what was sampled; never
+ *    trained on without its images);
+ * 4. fewer than 2 episodes left → 'too_few_episodes'; all rewards equal → 'equal_rewards';
+ * 5. staleness: the oldest behavior version of the group against the trainer's version; past
  *    `maxStaleness` the group is dropped or down-weighted (policy `stale_policy`).
  * Advantage = reward − group mean, divided by the group's (population) std when `stdScaling`.
  */
+import { placeholderMismatch } from './image-tokens.js';
 import { episodeSequences } from './sequences.js';
 import type { AssembledGroup, DropReason, EpisodeDropReason, TrainGroup, TrainSequence } from './types.js';
 
@@ -16,11 +21,16 @@ export interface FilterOptions {
   stalePolicy: 'drop' | 'downweight';
   stdScaling: boolean;
   maxSeqLength: number;
+  /**
+   * A vision run: the id of the image placeholder token, counted in every kept turn's prompt.
+   * null (or absent): a text run, where turns with images cannot be trained.
+   */
+  imageTokenId?: number | null;
 }
 
 export type PrepareResult =
   | { ok: true; group: TrainGroup; episodeDrops: Partial<Record<EpisodeDropReason, number>> }
-  | { ok: false; reason: DropReason; episodeDrops: Partial<Record<EpisodeDropReason, number>>; versionsBehind?: number };
+  | { ok: false; reason: DropReason; episodeDrops: Partial<Record<EpisodeDropReason, number>>; versionsBehind?: number; detail?: string };
 
 /** Std below this counts as "all rewards equal" (float noise in summed reward components). */
 const EQUAL_EPS = 1e-6;
@@ -36,6 +46,8 @@ export function prepareGroup(group: AssembledGroup, currentVersion: number, opts
     if (why) episodeDrops[why] = (episodeDrops[why] ?? 0) + 1;
     else kept.push(ep);
   }
+  const imageDrop = imageLevelDrop(kept, opts.imageTokenId ?? null);
+  if (imageDrop) return { ok: false, reason: imageDrop.reason, detail: imageDrop.detail, episodeDrops };
   if (kept.length < 2) return { ok: false, reason: 'too_few_episodes', episodeDrops };
   const rewards = kept.map((e) => e.reward);
   const advantages = groupAdvantages(rewards, opts.stdScaling);
@@ -78,6 +90,22 @@ function groupLevelDrop(group: AssembledGroup): DropReason | null {
   if (group.purpose === 'eval') return 'eval';
   if (group.closedBy === 'aborted') return 'aborted';
   if (group.closedBy === 'timeout') return 'timeout';
+  return null;
+}
+
+/** Whether the kept turns' images can be trained on: a vision run, and placeholders that match. */
+function imageLevelDrop(kept: AssembledGroup['episodes'], imageTokenId: number | null): { reason: DropReason; detail: string } | null {
+  for (const ep of kept) {
+    for (const t of ep.turns) {
+      const where = `episode ${ep.episodeId} turn ${t.turnIndex}`;
+      if (imageTokenId === null) {
+        if (t.promptImages.length > 0) return { reason: 'image_unsupported', detail: `${where} has ${t.promptImages.length} images; inference.image_processing is not set` };
+        continue;
+      }
+      const why = placeholderMismatch(t, imageTokenId);
+      if (why !== null) return { reason: 'image_placeholder_mismatch', detail: `${where}: ${why}` };
+    }
+  }
   return null;
 }
 

@@ -2,7 +2,7 @@
  * The trainer's in-memory shapes: what the assembler builds from trajectory events, what the
  * filters turn into trainable sequences, and what a step hands to the engine.
  */
-import type { EpisodeStatus, GroupStatus, Purpose } from '../../schemas/index.js';
+import type { EpisodeStatus, GroupStatus, ImageProcessing, PromptImage, Purpose } from '../../schemas/index.js';
 
 /** Where a group's first event sits in the log: resume offsets are computed from these. */
 export interface LogPosition {
@@ -25,6 +25,10 @@ export interface AssembledTurn {
   /** Per-token policy versions (interruptible generation), or null: all tokens `policyVersion`. */
   tokenPolicyVersions: NumberSeq | null;
   policyVersion: number;
+  /** The prompt's images in prompt order (empty for text prompts; events before schema v3 have none). */
+  promptImages: PromptImage[];
+  /** The settings the server expanded them with; null for text prompts. */
+  imageProcessing: ImageProcessing | null;
 }
 
 export interface AssembledEpisode {
@@ -64,6 +68,10 @@ export interface TrainSequence {
   /** Behavior policy version per token (the turn's version where lossMask is 0). */
   behaviorVersions: number[];
   advantage: number;
+  /** SHA-256 of each image of the sequence's prompt, in prompt order (the last merged turn's); empty for text. */
+  images: string[];
+  /** The settings those images were expanded with; null for text sequences. */
+  imageProcessing: ImageProcessing | null;
 }
 
 /** A group that passed the filters: its sequences carry group-relative advantages. */
@@ -89,6 +97,12 @@ export type DropReason =
   | 'timeout'
   | 'evicted'
   | 'eval'
-  | 'invalid_batch';
+  | 'invalid_batch'
+  /** A turn's image placeholder tokens do not match its images under its image settings (image-tokens.ts). */
+  | 'image_placeholder_mismatch'
+  /** An image the group's prompts cite is not in the blob store (or its bytes do not match its hash). */
+  | 'image_missing'
+  /** A turn has images, but the run is not a vision run (inference.image_processing unset). */
+  | 'image_unsupported';
 
 export type EpisodeDropReason = 'error' | 'interrupted' | 'unfinished' | 'no_turns' | 'too_long' | 'no_reward';

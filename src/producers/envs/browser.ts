@@ -13,9 +13,10 @@
 import { existsSync } from 'node:fs';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import type { BlobStore } from '../../storage/blob-store.js';
+import { imageSize } from '../../storage/image-size.js';
 import type { Logger } from '../../util/logger.js';
 import { ACTION_HELP, actionRecord, MalformedActionError, parseAction, type ComputerAction } from '../actions.js';
-import type { Environment, EnvironmentFactory, Observation, ResetResult, RewardResult, Split, StepResult, TaskSpec } from '../environment.js';
+import { screenshotsInPrompt, type Environment, type EnvironmentFactory, type Observation, type ResetResult, type RewardResult, type Split, type StepResult, type TaskSpec } from '../environment.js';
 import { ProducerError } from '../errors.js';
 import { hashSeed } from '../../util/random.js';
 import { BROWSER_FAMILIES, browserTaskParams, DESCRIBE_PAGE, renderTaskPage, VIEWPORT, type BrowserFamily, type BrowserTaskParams } from '../tasks/browser-pages.js';
@@ -28,6 +29,8 @@ export interface BrowserEnvOptions {
   actionTimeoutMs: number;
   /** Put the screenshot into the prompt (vision models). */
   sendScreenshots: boolean;
+  /** How many of the newest screenshots a prompt carries (screenshots_in_prompt, default 1). */
+  screenshotsInPrompt: number;
 }
 
 const CANDIDATES = ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
@@ -38,12 +41,12 @@ export function browserEnvOptions(raw: Record<string, unknown>, env: NodeJS.Proc
     throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.families must be a non-empty list of ${BROWSER_FAMILIES.join(', ')}`);
   }
   for (const key of Object.keys(raw)) {
-    if (!['families', 'executable', 'action_timeout_ms', 'send_screenshots'].includes(key)) {
-      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: 'browser options: families, executable, action_timeout_ms, send_screenshots' });
+    if (!['families', 'executable', 'action_timeout_ms', 'send_screenshots', 'screenshots_in_prompt'].includes(key)) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: 'browser options: families, executable, action_timeout_ms, send_screenshots, screenshots_in_prompt' });
     }
   }
   const executable = (raw.executable as string | undefined) ?? env.CHROMIUM_PATH ?? CANDIDATES.find((c) => existsSync(c)) ?? CANDIDATES[0]!;
-  return { families: families as BrowserFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000), sendScreenshots: raw.send_screenshots === true };
+  return { families: families as BrowserFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000), sendScreenshots: raw.send_screenshots === true, screenshotsInPrompt: screenshotsInPrompt(raw) };
 }
 
 export class BrowserTasks implements EnvironmentFactory {
@@ -51,6 +54,10 @@ export class BrowserTasks implements EnvironmentFactory {
 
   get sendsImages(): boolean {
     return this.options.sendScreenshots;
+  }
+
+  get imagesInPrompt(): number {
+    return this.options.screenshotsInPrompt;
   }
 
   private constructor(
@@ -200,7 +207,9 @@ export class BrowserEnvironment implements Environment {
     try {
       const [png, text] = await Promise.all([page.screenshot({ type: 'png' }), page.evaluate(DESCRIBE_PAGE) as Promise<string>]);
       const stored = await this.blobs.put(png, 'image/png');
-      return { text: this.declaredDone ? `${text}\n(you declared the task done)` : text, image: { ...stored, width: VIEWPORT.width, height: VIEWPORT.height, bytes: png } };
+      // The PNG's own size, not the viewport's: a device scale factor would make them differ.
+      const { width, height } = imageSize(png);
+      return { text: this.declaredDone ? `${text}\n(you declared the task done)` : text, image: { ...stored, width, height, bytes: png } };
     } catch (err) {
       if (err instanceof ProducerError) throw err;
       throw envError('could not observe the page', err);

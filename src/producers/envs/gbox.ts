@@ -21,9 +21,10 @@ import { GboxSDK } from 'gbox-sdk';
 import type { AndroidBoxOperator } from 'gbox-sdk/wrapper/box/android';
 import type { LinuxBoxOperator } from 'gbox-sdk/wrapper/box/linux';
 import type { BlobStore } from '../../storage/blob-store.js';
+import { imageSize, type ImageSize } from '../../storage/image-size.js';
 import type { Logger } from '../../util/logger.js';
 import { ACTION_HELP, actionRecord, MalformedActionError, parseAction, type ComputerAction } from '../actions.js';
-import type { Environment, EnvironmentFactory, Observation, ResetResult, RewardResult, Split, StepResult, TaskSpec } from '../environment.js';
+import { screenshotsInPrompt, type Environment, type EnvironmentFactory, type Observation, type ResetResult, type RewardResult, type Split, type StepResult, type TaskSpec } from '../environment.js';
 import { ProducerError } from '../errors.js';
 
 export interface GBoxTask {
@@ -45,6 +46,8 @@ export interface GBoxEnvOptions {
   boxExpiresIn: string;
   /** Put the screenshot into the prompt (default true: GBox tasks are visual). */
   sendScreenshots: boolean;
+  /** How many of the newest screenshots a prompt carries (screenshots_in_prompt, default 1). */
+  screenshotsInPrompt: number;
 }
 
 function configError(message: string, hint?: string): ProducerError {
@@ -58,7 +61,9 @@ export function gboxEnvOptions(raw: Record<string, unknown>, env: NodeJS.Process
       'set GBOX_API_KEY to your GBox API key (export GBOX_API_KEY=..., or put it in .env as the seeds do); or pick rollout.environment text or browser');
   }
   for (const key of Object.keys(raw)) {
-    if (!['tasks', 'box_type', 'base_url', 'box_expires_in', 'send_screenshots'].includes(key)) throw configError(`rollout.env_options.${key} is not a GBox option (tasks, box_type, base_url, box_expires_in, send_screenshots)`);
+    if (!['tasks', 'box_type', 'base_url', 'box_expires_in', 'send_screenshots', 'screenshots_in_prompt'].includes(key)) {
+      throw configError(`rollout.env_options.${key} is not a GBox option (tasks, box_type, base_url, box_expires_in, send_screenshots, screenshots_in_prompt)`);
+    }
   }
   const boxType = (raw.box_type ?? 'android') as string;
   if (boxType !== 'linux' && boxType !== 'android') throw configError(`rollout.env_options.box_type must be linux or android, got ${JSON.stringify(boxType)}`);
@@ -77,7 +82,7 @@ export function gboxEnvOptions(raw: Record<string, unknown>, env: NodeJS.Process
     if (split !== 'train' && split !== 'eval') throw configError(`rollout.env_options.tasks[${i}].split must be train or eval`);
     return { id: task.id as string, instruction: task.instruction as string, setup: task.setup as string | undefined, check: task.check as string, expect: task.expect as string, split };
   });
-  return { apiKey, baseUrl: (raw.base_url as string | undefined) ?? env.GBOX_CLIENT_BASE_URL, boxType, tasks, boxExpiresIn: String(raw.box_expires_in ?? '30m'), sendScreenshots: raw.send_screenshots !== false };
+  return { apiKey, baseUrl: (raw.base_url as string | undefined) ?? env.GBOX_CLIENT_BASE_URL, boxType, tasks, boxExpiresIn: String(raw.box_expires_in ?? '30m'), sendScreenshots: raw.send_screenshots !== false, screenshotsInPrompt: screenshotsInPrompt(raw) };
 }
 
 export class GBoxTasks implements EnvironmentFactory {
@@ -86,6 +91,11 @@ export class GBoxTasks implements EnvironmentFactory {
   get sendsImages(): boolean {
     return this.options.sendScreenshots;
   }
+
+  get imagesInPrompt(): number {
+    return this.options.screenshotsInPrompt;
+  }
+
   private readonly sdk: GboxSDK;
 
   constructor(private readonly seed: number, private readonly options: GBoxEnvOptions, private readonly blobs: BlobStore, private readonly logger?: Logger) {
@@ -176,10 +186,10 @@ export class GBoxEnvironment implements Environment {
 
   private async observe(): Promise<Observation> {
     const shot = await this.call('take a screenshot', () => this.requireBox().action.screenshot({ outputFormat: 'base64' }));
-    const png = await screenshotBytes(shot.uri);
-    const stored = await this.blobs.put(png, 'image/png');
-    const { width, height } = pngSize(png);
-    return { text: `Task: ${this.task!.instruction}\n(screen ${width}x${height}: see the screenshot)`, image: { ...stored, width, height, bytes: png } };
+    const bytes = await screenshotBytes(shot.uri);
+    const { width, height, mediaType } = screenshotSize(bytes);
+    const stored = await this.blobs.put(bytes, mediaType);
+    return { text: `Task: ${this.task!.instruction}\n(screen ${width}x${height}: see the screenshot)`, image: { ...stored, width, height, bytes } };
   }
 
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -206,10 +216,11 @@ async function screenshotBytes(uri: string): Promise<Buffer> {
   return Buffer.from(await res.arrayBuffer());
 }
 
-/** Width and height from a PNG's IHDR chunk; refuses anything that is not a PNG. */
-export function pngSize(png: Buffer): { width: number; height: number } {
-  if (png.length < 24 || png.readUInt32BE(0) !== 0x89504e47 || png.toString('ascii', 12, 16) !== 'IHDR') {
-    throw new ProducerError('TRAJ_E_ENV', 'GBox: the screenshot is not a PNG');
+/** Width, height and media type from the screenshot's own header; refuses anything but PNG or JPEG. */
+export function screenshotSize(bytes: Buffer): ImageSize {
+  try {
+    return imageSize(bytes);
+  } catch (err) {
+    throw new ProducerError('TRAJ_E_ENV', `GBox: the screenshot is not an image: ${(err as Error).message}`, { cause: err });
   }
-  return { width: png.readUInt32BE(16), height: png.readUInt32BE(20) };
 }
