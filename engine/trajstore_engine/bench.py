@@ -133,16 +133,20 @@ def naive_step(engine, batch, device) -> None:
         ids = batch.input_ids[s:e].to(device)[None]
         with engine._autocast():
             logits = model(input_ids=ids, use_cache=False).logits[0]
-        logp = torch.log_softmax(logits.float(), dim=-1)[:-1].gather(1, ids[0, 1:, None])[:, 0]
-        m = batch.loss_mask[s + 1:e].to(device)
-        behav = batch.behavior_logprobs[s + 1:e].to(device)
-        adv = batch.advantages[s + 1:e].to(device)
-        ratio = torch.exp(logp - behav)
-        pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high))
-        loss = (pg * m).sum() / n_trained
-        loss.backward()
-        del logits, logp, loss
+        naive_ppo_loss(logits, ids, batch, s, e, cfg, n_trained, device).backward()
+        del logits
     engine.optimizer_step()
+
+
+def naive_ppo_loss(logits, ids, batch, s: int, e: int, cfg, n_trained: int, device):
+    """The naive loops' loss for sequence tokens s:e: full-vocabulary float32 log_softmax, PPO-clip."""
+    logp = torch.log_softmax(logits.float(), dim=-1)[:-1].gather(1, ids[0, 1:, None])[:, 0]
+    m = batch.loss_mask[s + 1:e].to(device)
+    behav = batch.behavior_logprobs[s + 1:e].to(device)
+    adv = batch.advantages[s + 1:e].to(device)
+    ratio = torch.exp(logp - behav)
+    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high))
+    return (pg * m).sum() / n_trained
 
 
 def timed(fn, warmup: int, reps: int, device) -> list[float]:

@@ -40,7 +40,7 @@ import types
 
 import torch
 
-from .bench import _no_nan, environment, matmul_tflops, say, timed
+from .bench import _no_nan, environment, matmul_tflops, naive_ppo_loss, say, timed
 
 # Special token ids of Qwen3-VL's tokenizer (config.json image_token_id etc.).
 VL_TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
@@ -189,15 +189,8 @@ def naive_vl_step(engine, batch, processor, device) -> None:
         with engine._autocast():
             logits = model(input_ids=ids, mm_token_type_ids=mm, pixel_values=enc["pixel_values"].to(device),
                            image_grid_thw=enc["image_grid_thw"].to(device), use_cache=False).logits[0]
-        logp = torch.log_softmax(logits.float(), dim=-1)[:-1].gather(1, ids[0, 1:, None])[:, 0]
-        m = batch.loss_mask[s + 1:e].to(device)
-        behav = batch.behavior_logprobs[s + 1:e].to(device)
-        adv = batch.advantages[s + 1:e].to(device)
-        ratio = torch.exp(logp - behav)
-        pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high))
-        loss = (pg * m).sum() / n_trained
-        loss.backward()
-        del logits, logp, loss
+        naive_ppo_loss(logits, ids, batch, s, e, cfg, n_trained, device).backward()
+        del logits
     engine.optimizer_step()
     engine._set_checkpointing(False)
 

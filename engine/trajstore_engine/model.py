@@ -80,12 +80,17 @@ def _check_model_dir(model_dir: str | os.PathLike) -> Path:
 def load_tokenizer(model_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 
+    return _load_auto(AutoTokenizer, model_dir, "tokenizer",
+                      "the directory needs tokenizer.json / tokenizer_config.json")
+
+
+def _load_auto(auto, model_dir: str | os.PathLike, what: str, hint: str):
+    """``auto.from_pretrained`` on a local directory; a failure becomes a typed error."""
     path = _check_model_dir(model_dir)
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return auto.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - becomes a typed error
-        raise EngineError(MODEL_LOAD, f"cannot load the tokenizer in {path}: {exc}",
-                          "the directory needs tokenizer.json / tokenizer_config.json") from exc
+        raise EngineError(MODEL_LOAD, f"cannot load the {what} in {path}: {type(exc).__name__}: {exc}", hint) from exc
 
 
 def is_vision_language(config) -> bool:
@@ -123,13 +128,9 @@ def load_processor(model_dir: str | os.PathLike):
     """The model directory's own processor (tokenizer, image processor, chat template)."""
     from transformers import AutoProcessor
 
-    path = _check_model_dir(model_dir)
-    try:
-        return AutoProcessor.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - becomes a typed error
-        raise EngineError(MODEL_LOAD, f"cannot load the processor in {path}: {type(exc).__name__}: {exc}",
-                          "a vision-language directory needs preprocessor_config.json (or "
-                          "processor_config.json) beside the tokenizer files") from exc
+    return _load_auto(AutoProcessor, model_dir, "processor",
+                      "a vision-language directory needs preprocessor_config.json (or "
+                      "processor_config.json) beside the tokenizer files")
 
 
 def load_base_model(model_dir: str | os.PathLike, device: str | torch.device | None = "cpu",

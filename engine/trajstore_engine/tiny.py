@@ -73,8 +73,10 @@ DEFAULT_DIMS = dict(
 DEFAULT_VOCAB_SIZE = 512
 
 
-def build_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen's special tokens and a chat template."""
+def build_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, extra_special_tokens: tuple[str, ...] = (),
+                    chat_template: str = CHAT_TEMPLATE):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen's special tokens (plus
+    ``extra_special_tokens`` after them, e.g. the vision tokens) and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -83,7 +85,7 @@ def build_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -92,7 +94,7 @@ def build_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE):
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=DEFAULT_DIMS["max_position_embeddings"],
     )
 

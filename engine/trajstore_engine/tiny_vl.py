@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .tiny import SPECIAL_TOKENS, _CORPUS, _normalize_json_files
+from .tiny import _normalize_json_files, build_tokenizer
 
 # Qwen2-VL/Qwen3-VL's vision tokens, in Qwen's order after the ChatML ones.
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -86,26 +86,7 @@ VISION_DIMS = dict(
 
 def build_vl_tokenizer():
     """The tiny byte-level BPE with ChatML and Qwen's vision special tokens, and the VL template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=SPECIAL_TOKENS + VISION_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=TEXT_DIMS["max_position_embeddings"],
-    )
+    return build_tokenizer(extra_special_tokens=tuple(VISION_TOKENS), chat_template=CHAT_TEMPLATE)
 
 
 def tiny_vl_config(tokenizer, vocab_size: int, **text_dims):
