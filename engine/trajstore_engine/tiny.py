@@ -148,11 +148,16 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, **dims) -> Path:
         temperature=1.0,
     )
 
+    return write_model_dir(out, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+
+
+def write_model_dir(out: Path, save) -> Path:
+    """Runs ``save(tmp)`` on a directory beside ``out`` and renames it into place (JSON files with
+    sorted keys), so a crash never leaves half a model behind and the bytes are deterministic."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save(tmp)
         _normalize_json_files(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -23,11 +23,9 @@ The same seed gives the same bytes, file for file.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .tiny import _normalize_json_files, build_tokenizer
+from .tiny import DEFAULT_DIMS, build_tokenizer, write_model_dir
 
 # Qwen2-VL/Qwen3-VL's vision tokens, in Qwen's order after the ChatML ones.
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -65,15 +63,8 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
-TEXT_DIMS = dict(
-    hidden_size=64,
-    intermediate_size=192,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=32768,
-)
+# The language model: the tiny text model's dimensions.
+TEXT_DIMS = dict(DEFAULT_DIMS)
 VISION_DIMS = dict(
     depth=2,
     hidden_size=32,
@@ -171,16 +162,4 @@ def make_tiny_vl_model(out_dir: str | os.PathLike, seed: int = 0, **text_dims) -
     model.generation_config = GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad,
                                                do_sample=True, temperature=1.0)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        model.save_pretrained(tmp)
-        build_processor(tokenizer).save_pretrained(tmp)
-        _normalize_json_files(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_model_dir(out, lambda tmp: (model.save_pretrained(tmp), build_processor(tokenizer).save_pretrained(tmp)))
