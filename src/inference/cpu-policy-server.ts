@@ -10,10 +10,14 @@
  * loading), so code written against it runs against vLLM on GPU hosts unchanged.
  *
  * Without `modelDir`, the tiny deterministic Qwen3-style model is used; it is made once with the
- * engine's `make-tiny-model` and cached in `.trajstore/models/tiny` (git-ignored).
+ * engine's `make-tiny-model` and cached in `.trajstore/models/tiny` (git-ignored). For a vision
+ * policy, `startCpuPolicyServer({ modelDir: await ensureTinyVlModel() })` serves the tiny
+ * Qwen3-VL-style model (`make-tiny-vl-model`, cached in `.trajstore/models/tiny-vl-<hash>`), which
+ * takes `image_url` parts.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -72,8 +76,22 @@ export function enginePython(env: NodeJS.ProcessEnv = process.env): string {
 
 /** `.trajstore/models/tiny` (or under `TRAJSTORE_HOME`). */
 export function defaultTinyModelDir(env: NodeJS.ProcessEnv = process.env): string {
-  const home = resolve(env.TRAJSTORE_HOME ?? join(projectRoot(), '.trajstore'));
-  return join(home, 'models', 'tiny');
+  return join(modelsHome(env), 'tiny');
+}
+
+/**
+ * `.trajstore/models/tiny-vl-<hash>` (or under `TRAJSTORE_HOME`), the hash that of the engine's
+ * tiny-model sources (tiny.py, tiny_vl.py): a directory made by an older generator is never
+ * served as the current one.
+ */
+export function defaultTinyVlModelDir(env: NodeJS.ProcessEnv = process.env): string {
+  const hash = createHash('sha256');
+  for (const f of ['tiny.py', 'tiny_vl.py']) hash.update(readFileSync(join(projectRoot(), 'engine', 'trajstore_engine', f)));
+  return join(modelsHome(env), `tiny-vl-${hash.digest('hex').slice(0, 12)}`);
+}
+
+function modelsHome(env: NodeJS.ProcessEnv): string {
+  return join(resolve(env.TRAJSTORE_HOME ?? join(projectRoot(), '.trajstore')), 'models');
 }
 
 /**
@@ -107,15 +125,27 @@ export async function ensureEngineVenv(options: { install?: boolean; python?: st
 
 /** The tiny model directory, made with the engine's `make-tiny-model DIR --seed 0` when missing. */
 export async function ensureTinyModel(options: { dir?: string; python?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  return ensureMadeModel('make-tiny-model', options.dir ?? defaultTinyModelDir(options.env ?? process.env), options);
+}
+
+/**
+ * The tiny Qwen3-VL-style model directory (vision tower, image processor: 4..64 image tokens a
+ * screenshot), made with the engine's `make-tiny-vl-model DIR --seed 0` when missing.
+ */
+export async function ensureTinyVlModel(options: { dir?: string; python?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  return ensureMadeModel('make-tiny-vl-model', options.dir ?? defaultTinyVlModelDir(options.env ?? process.env), options);
+}
+
+async function ensureMadeModel(command: 'make-tiny-model' | 'make-tiny-vl-model', where: string, options: { python?: string; env?: NodeJS.ProcessEnv }): Promise<string> {
   const env = options.env ?? process.env;
-  const dir = resolve(options.dir ?? defaultTinyModelDir(env));
+  const dir = resolve(where);
   if (existsSync(join(dir, 'config.json'))) return dir;
   const python = options.python ?? enginePython(env);
   await withLock(dir, async () => {
     if (existsSync(join(dir, 'config.json'))) return;
-    const run = spawnSync(python, ['-m', 'trajstore_engine', 'make-tiny-model', dir, '--seed', '0'], { env, encoding: 'utf8' });
+    const run = spawnSync(python, ['-m', 'trajstore_engine', command, dir, '--seed', '0'], { env, encoding: 'utf8' });
     if (run.status !== 0) {
-      throw new PolicyServerError('TRAJ_E_POLICY_SERVER_MODEL', `could not make the tiny model in ${dir} (exit ${run.status})`, {
+      throw new PolicyServerError('TRAJ_E_POLICY_SERVER_MODEL', `could not make the tiny model in ${dir} (${command}, exit ${run.status})`, {
         stderr: tail(run.stderr ?? '', 30),
         hint: existsSync(python) ? 'read the error above' : 'run `bash engine/setup.sh` first',
       });

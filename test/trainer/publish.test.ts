@@ -17,28 +17,9 @@ import { policyApi } from '../../src/inference/vllm-api.js';
 import { decodePolicyVersion, decodeTrainerStepMetrics, type PolicyVersion, type TrainerStepMetrics } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
 import { testKafka, testS3, testTopic, uniqueName } from '../support/services.js';
-import { groupEvents, produceGroups, runTopics, testConfig } from './fixtures.js';
+import { groupEvents, produceGroups, readMessages, runTopics, testConfig } from './fixtures.js';
 
 const logger = createLogger('test-publish', { level: 'warn', pretty: false });
-
-async function readAll<T>(kafka: ReturnType<typeof testKafka>, topic: string, decode: (b: Buffer) => T, want: (items: T[]) => boolean): Promise<T[]> {
-  const consumer = kafka.consumer({ groupId: uniqueName('read') });
-  await consumer.connect();
-  await consumer.subscribe({ topic, fromBeginning: true });
-  const items: T[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out reading ${topic}: ${items.length} items`)), 30_000);
-    void consumer.run({ eachMessage: async ({ message }) => {
-      items.push(decode(message.value!));
-      if (want(items)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    } });
-  });
-  await consumer.disconnect();
-  return items;
-}
 
 describe('version publishing', () => {
   const dir = mkdtempSync(join(tmpdir(), 'trajstore-publish-'));
@@ -73,7 +54,7 @@ describe('version publishing', () => {
 
     // Versions in S3 (events name them there) with a local copy each, and one policy.versions event per version with their checksums.
     const cache = new LocalAdapterStore(config.storage.adapter_cache);
-    const versions = (await readAll(kafka, config.kafka.topics.policy_versions, decodePolicyVersion, (xs) => xs.filter((x) => x.run_id === runId).length >= 3))
+    const versions = (await readMessages(kafka, config.kafka.topics.policy_versions, decodePolicyVersion, (xs) => xs.filter((x) => x.run_id === runId).length >= 3))
       .filter((v: PolicyVersion) => v.run_id === runId);
     assert.deepEqual(versions.map((v) => v.version), [1, 2, 3]);
     assert.deepEqual(versions.map((v) => v.parent_version), [null, 1, 2]);
@@ -96,7 +77,7 @@ describe('version publishing', () => {
     assert.equal(reply.model, adapterName(runId, 3));
 
     // Metrics: one event per step, the equal-reward group counted, the load time measured.
-    const metrics = (await readAll(kafka, config.kafka.topics.trainer_metrics, decodeTrainerStepMetrics, (xs) => xs.length >= 3)) as TrainerStepMetrics[];
+    const metrics = (await readMessages(kafka, config.kafka.topics.trainer_metrics, decodeTrainerStepMetrics, (xs) => xs.length >= 3)) as TrainerStepMetrics[];
     assert.deepEqual(metrics.map((m) => m.step), [1, 2, 3]);
     assert.deepEqual(metrics.map((m) => m.groups_dropped.equal_rewards ?? 0), [1, 0, 0]);
     assert.ok(metrics.every((m) => m.policy_version === m.step && (m.extra.publish_load_ms ?? -1) >= 0));

@@ -8,7 +8,6 @@
  * the S3 store is the local s3proxy (`services up --s3`).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,73 +16,28 @@ import type { Producer } from 'kafkajs';
 import { TrajstoreConfigSchema } from '../../src/config/index.js';
 import { TrainerCore } from '../../src/consumers/trainer/core.js';
 import { engineConfigFor, startEngine } from '../../src/consumers/trainer/engine-setup.js';
-import { imageTokenCount } from '../../src/consumers/trainer/image-tokens.js';
 import { defaultEnginePython } from '../../src/engine/client.js';
-import { encodeTrajectoryEvent, newTrajectoryEvent, type ImageProcessing, type PromptImage, type TrajectoryEvent, type TrajectoryEventPayload } from '../../src/schemas/index.js';
+import { ensureTinyVlModel } from '../../src/inference/cpu-policy-server.js';
+import { encodeTrajectoryEvent, type PromptImage } from '../../src/schemas/index.js';
 import { S3BlobStore, sha256Hex } from '../../src/storage/blob-store.js';
 import { createLogger } from '../../src/util/logger.js';
 import { solidPng } from '../producers/fake-gbox-api.js';
 import { testS3 } from '../support/services.js';
+import { pngPromptImage, TINY_VL_IMAGE_PROCESSING as TINY, visionGroupEvents as group, visionTokenIds } from './fixtures.js';
 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
-
-/** The tiny VL model's processor settings (engine/trajstore_engine/tiny_vl.py: 4..64 tokens an image). */
-const TINY: ImageProcessing = {
-  processor: 'Qwen2VLImageProcessor', processor_version: 'transformers 5.17.0',
-  min_pixels: 4096, max_pixels: 65_536, patch_size: 16, merge_size: 2, temporal_patch_size: 2,
-};
-
-function makeTinyVlModel(dir: string): { dir: string; ids: { image: number; start: number; end: number } } {
-  const run = spawnSync(defaultEnginePython(), ['-m', 'trajstore_engine', 'make-tiny-vl-model', dir, '--seed', '0'], { env: { ...process.env, HF_HUB_OFFLINE: '1' }, encoding: 'utf8' });
-  assert.equal(run.status, 0, run.stderr);
-  const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as { image_token_id: number; vision_start_token_id: number; vision_end_token_id: number };
-  return { dir, ids: { image: config.image_token_id, start: config.vision_start_token_id, end: config.vision_end_token_id } };
-}
-
-/** A group of 2 episodes × 2 turns; every screenshot stays in the history, so each episode is one sequence. */
-function group(runId: string, groupId: string, shots: PromptImage[][], ids: { image: number; start: number; end: number }, opts: { splitPads?: boolean } = {}): TrajectoryEvent[] {
-  const base = { run_id: runId, group_id: groupId, producer_id: 'p', policy_version: 0, purpose: 'train' } as const;
-  const ev = (payload: TrajectoryEventPayload, episode_id: string | null, seq: number) => newTrajectoryEvent({ ...base, episode_id, seq, payload });
-  const out = [ev({ GroupStarted: { task: { task_id: 't', task_family: 'f', environment: 'gbox', params_json: '{}', split: 'train' }, group_size: 2,
-    sampling: { temperature: 1, top_p: 1, top_k: null, max_tokens: 8, extra_json: null } } }, null, 0)];
-  const episodeIds = shots.map((_, i) => `${groupId}-e${i}`);
-  shots.forEach((episodeShots, i) => {
-    const eid = episodeIds[i]!;
-    out.push(ev({ EpisodeStarted: { episode_index: i, env_seed: i, env_instance_id: null } }, eid, 0));
-    let prompt = [20, 21, 22];
-    let seq = 1;
-    episodeShots.forEach((img, k) => {
-      const n = imageTokenCount(img.height, img.width, TINY);
-      // splitPads: the right number of pads, but in two runs for one image (only the engine can tell).
-      const run = opts.splitPads && i === 1 ? [ids.start, ...Array(n - 1).fill(ids.image), ids.end, ids.start, ids.image, ids.end] : [ids.start, ...Array(n).fill(ids.image), ids.end];
-      prompt = [...prompt, 23 + k, ...run, 30, 31];
-      const completion = [40 + i, 41 + k, 42];
-      out.push(ev({ Turn: { turn_index: k, model: 'tiny-vl', prompt_token_ids: prompt, completion_token_ids: completion, completion_logprobs: [-1.5, -2, -0.75],
-        token_policy_versions: null, prompt_format: 'messages_json', prompt: '[]', completion_text: 'x', action: null, action_parse_error: 'none', observation: null,
-        latency_ms: 1, env_latency_ms: null, finish_reason: 'stop', request_id: null, prompt_images: episodeShots.slice(0, k + 1), image_processing: TINY } }, eid, seq++));
-      prompt = [...prompt, ...completion];
-    });
-    out.push(ev({ Reward: { value: i, components: {}, source: 'env', turn_index: null } }, eid, seq++));
-    out.push(ev({ EpisodeFinished: { status: 'success', num_turns: episodeShots.length, prompt_tokens: 1, completion_tokens: 1, duration_ms: 1, error_code: null, error_message: null, final_observation: null } }, eid, seq++));
-  });
-  out.push(ev({ GroupCompleted: { status: 'complete', episode_ids: episodeIds, duration_ms: 1 } }, null, 1));
-  return out;
-}
 
 test('vision groups train through the real engine: images from S3, copied and verified into the blob cache, placeholders checked on both sides', { timeout: 600_000 }, async (t) => {
   const python = defaultEnginePython();
   if (!existsSync(python)) return t.skip('no engine/.venv (run bash engine/setup.sh)');
   const dir = mkdtempSync(join(tmpdir(), 'vision-engine-'));
-  const model = makeTinyVlModel(join(dir, 'model'));
+  const modelDir = await ensureTinyVlModel();
+  const model = { dir: modelDir, ids: visionTokenIds(modelDir) };
   const s3 = testS3('vision-engine');
   const store = new S3BlobStore(s3.location, s3.options);
   const pngs = [solidPng(36, 64, [200, 30, 30]), solidPng(64, 36, [30, 200, 30]), solidPng(48, 48, [30, 30, 200])];
   const shots: PromptImage[] = [];
-  for (const png of pngs) {
-    const stored = await store.put(png, 'image/png');
-    const [width, height] = [png.readUInt32BE(16), png.readUInt32BE(20)];
-    shots.push({ sha256: stored.sha256, media_type: 'image/png', byte_size: png.length, width, height });
-  }
+  for (const png of pngs) shots.push(pngPromptImage(png, (await store.put(png, 'image/png')).sha256));
   const absent = solidPng(40, 40, [1, 2, 3]); // never uploaded
   const lost: PromptImage = { sha256: sha256Hex(absent), media_type: 'image/png', byte_size: absent.length, width: 40, height: 40 };
 

@@ -309,12 +309,16 @@ describe('engine init config and the image token id', () => {
     assert.deepEqual(s3.vision, { blob_root: '/cache/blobs' });
   });
 
-  it('the image token id comes from the config, else from the model directory’s config.json; a vision run without one is refused naming the field', () => {
+  it('the image token id comes from the config, else from the model directory’s config.json; a vision run without one, or with one its model directory contradicts, is refused naming the field', () => {
     assert.equal(imageTokenIdFor(config()), null, 'text runs need none');
     assert.equal(imageTokenIdFor(config({ model: { name: 'm', image_token_id: 151655 }, inference: { image_processing: QWEN3_VL } })), 151655);
     const modelDir = mkdtempSync(join(tmpdir(), 'vl-model-'));
     writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ model_type: 'qwen3_vl', image_token_id: 151655, vision_config: {} }));
     assert.equal(imageTokenIdFor(config({ model: { name: 'm', path: modelDir }, inference: { image_processing: QWEN3_VL } })), 151655);
+    // A configured id the model directory contradicts (cua_grpo.yaml's 151655 on another model) is refused, naming both.
+    assert.throws(() => imageTokenIdFor(config({ model: { name: 'm', path: modelDir, image_token_id: 9 }, inference: { image_processing: QWEN3_VL } })),
+      (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'TRAJ_E_CONFIG' && /model\.image_token_id: is 9, but .* has image_token_id 151655/.test(e.message));
+    assert.equal(imageTokenIdFor(config({ model: { name: 'm', path: modelDir, image_token_id: 151655 }, inference: { image_processing: QWEN3_VL } })), 151655);
     const empty = mkdtempSync(join(tmpdir(), 'no-model-'));
     assert.throws(() => imageTokenIdFor(config({ model: { name: 'm', path: empty }, inference: { image_processing: QWEN3_VL } })),
       (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'TRAJ_E_CONFIG' && /model\.image_token_id/.test(e.message));

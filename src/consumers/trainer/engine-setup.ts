@@ -56,20 +56,31 @@ export function imageBlobRoot(c: TrajstoreConfig): string {
  * The image placeholder token id of a vision run (null for a text run): model.image_token_id,
  * else `image_token_id` in the model directory's config.json (Qwen2-VL/Qwen3-VL keep it at the
  * top level). A vision run without either is a configuration error: the trainer could not check
- * a single image's placeholders.
+ * a single image's placeholders. So is a configured id that the model directory contradicts
+ * (configs/cua_grpo.yaml's 151655 with model.path at another model): every group would be dropped
+ * as image_placeholder_mismatch.
  */
 export function imageTokenIdFor(c: TrajstoreConfig): number | null {
   if (!isVisionRun(c)) return null;
-  if (c.model.image_token_id !== undefined) return c.model.image_token_id;
   const file = join(resolve(c.model.path ?? c.model.name), 'config.json');
-  let id: unknown;
+  let fromModel: unknown;
   try {
     const json = JSON.parse(readFileSync(file, 'utf8')) as { image_token_id?: unknown; text_config?: { image_token_id?: unknown } };
-    id = json.image_token_id ?? json.text_config?.image_token_id;
+    fromModel = json.image_token_id ?? json.text_config?.image_token_id;
   } catch {
-    id = undefined;
+    fromModel = undefined;
   }
-  if (typeof id === 'number' && Number.isInteger(id) && id >= 0) return id;
+  const known = typeof fromModel === 'number' && Number.isInteger(fromModel) && fromModel >= 0 ? fromModel : undefined;
+  if (c.model.image_token_id !== undefined) {
+    if (known !== undefined && known !== c.model.image_token_id) {
+      throw new ConfigError('config', [{
+        path: 'model.image_token_id',
+        message: `is ${c.model.image_token_id}, but the model the engine loads (${file}) has image_token_id ${known}`,
+      }], `set model.image_token_id to ${known}, or leave it out to read it from the model directory`);
+    }
+    return c.model.image_token_id;
+  }
+  if (known !== undefined) return known;
   throw new ConfigError('config', [{
     path: 'model.image_token_id',
     message: `inference.image_processing makes this a vision run, but the image token id is neither set nor in ${file}`,
