@@ -18,8 +18,8 @@ import { BROWSER_FAMILIES, type BrowserFamily, type BrowserTaskParams } from '..
 import { openBlobStore, sha256Hex, type LocalBlobStore } from '../../src/storage/blob-store.js';
 import { payloadAs } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
-import { testKafka, testTopic, uniqueName } from '../support/services.js';
-import { byGroup, countKind, groupProblems, readTopic, testConfig } from './helpers.js';
+import { testKafka } from '../support/services.js';
+import { byGroup, countKind, groupProblems, readTopic, rolloutTopics, testConfig } from './helpers.js';
 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
 
@@ -182,12 +182,7 @@ describe('browser environment', () => {
     const server = await startCpuPolicyServer({ logger });
     t.after(() => server.stop());
     const kafka = testKafka();
-    const topics = {
-      trajectories: await testTopic(t, kafka, 'traj'),
-      policy_versions: await testTopic(t, kafka, 'pv', 1),
-      trainer_metrics: await testTopic(t, kafka, 'tm', 1),
-      dead_letter: uniqueName('dlq'),
-    };
+    const topics = await rolloutTopics(t, kafka);
     const config = testConfig({ topics, apiBase: `${server.baseUrl}/v1`, rollout: { environment: 'browser', num_rollouts: 2, max_turns: 2, concurrency: 2, max_tokens: 8, env_options: {} } });
     const worker = new RolloutWorker({ config, kafka, logger, maxGroups: 1, environments: tasks });
     await worker.run();

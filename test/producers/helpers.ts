@@ -2,10 +2,11 @@
  * Shared pieces of the producer tests: read a topic back and decode it, group events, and start
  * one CPU policy server per test file.
  */
+import type { TestContext } from 'node:test';
 import type { Kafka } from 'kafkajs';
 import { TrajstoreConfigSchema, type TrajstoreConfig, type TrajstoreConfigInput } from '../../src/config/index.js';
 import { decodeTrajectoryEvent, payloadKind, type TrajectoryEvent } from '../../src/schemas/index.js';
-import { uniqueName } from '../support/services.js';
+import { testTopic, uniqueName } from '../support/services.js';
 
 export interface ReadEvent {
   event: TrajectoryEvent;
@@ -85,6 +86,16 @@ export function groupProblems(list: ReadEvent[]): string[] {
 }
 
 /** A config for tests: tiny model, small groups, pacing off unless asked, the given topics and server. */
+/** A rollout's own topics (removed after the test): trajectories, versions, metrics, dead letters. */
+export async function rolloutTopics(t: TestContext, kafka: Kafka): Promise<Record<'trajectories' | 'policy_versions' | 'trainer_metrics' | 'dead_letter', string>> {
+  return {
+    trajectories: await testTopic(t, kafka, 'traj'),
+    policy_versions: await testTopic(t, kafka, 'pv', 1),
+    trainer_metrics: await testTopic(t, kafka, 'tm', 1),
+    dead_letter: uniqueName('dlq'),
+  };
+}
+
 export function testConfig(over: { topics: Record<string, string>; apiBase: string; rollout?: TrajstoreConfigInput['rollout']; inference?: TrajstoreConfigInput['inference']; training?: TrajstoreConfigInput['training']; runId?: string }): TrajstoreConfig {
   return TrajstoreConfigSchema.parse({
     run: { id: over.runId ?? uniqueName('run'), seed: 7 },

@@ -13,8 +13,8 @@ import { StalenessPacer } from '../../src/producers/pacing.js';
 import { RolloutWorker } from '../../src/producers/rollout.js';
 import { encodePolicyVersion, encodeTrainerStepMetrics, payloadAs } from '../../src/schemas/index.js';
 import { createLogger } from '../../src/util/logger.js';
-import { testKafka, testTopic, uniqueName } from '../support/services.js';
-import { countKind, readTopic, testConfig } from './helpers.js';
+import { testKafka } from '../support/services.js';
+import { countKind, readTopic, rolloutTopics, testConfig } from './helpers.js';
 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
 
@@ -68,12 +68,7 @@ describe('staleness pacing', () => {
 
     test('groups wait for the trainer; a published version admits more; each version gets eval groups', async (t) => {
       const kafka = testKafka();
-      const topics = {
-        trajectories: await testTopic(t, kafka, 'traj'),
-        policy_versions: await testTopic(t, kafka, 'pv', 1),
-        trainer_metrics: await testTopic(t, kafka, 'tm', 1),
-        dead_letter: uniqueName('dlq'),
-      };
+      const topics = await rolloutTopics(t, kafka);
       const config = testConfig({
         topics, apiBase: `${server.baseUrl}/v1`,
         training: { batch_size: 1, publish_every_steps: 1, max_staleness: 0 },

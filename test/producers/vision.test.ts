@@ -26,9 +26,9 @@ import { payloadAs } from '../../src/schemas/index.js';
 import { openBlobStore, sha256Hex } from '../../src/storage/blob-store.js';
 import { imageSize } from '../../src/storage/image-size.js';
 import { createLogger } from '../../src/util/logger.js';
-import { testKafka, testTopic, uniqueName } from '../support/services.js';
+import { testKafka } from '../support/services.js';
 import { SETTINGS_ICON, startFakeGBox, type FakeGBox } from './fake-gbox-api.js';
-import { byGroup, countKind, groupProblems, readTopic, testConfig } from './helpers.js';
+import { byGroup, countKind, groupProblems, readTopic, rolloutTopics, testConfig } from './helpers.js';
 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
 const TASKS = [{ id: 'open-settings', instruction: 'Open the Settings app.', setup: 'input keyevent HOME', check: 'dumpsys window | grep mCurrentFocus', expect: 'com\\.android\\.settings' }];
@@ -129,12 +129,7 @@ describe('vision prompts (GBox, fake vision policy, real Kafka)', () => {
 
   test('every Turn records the images its request carried, in prompt order, with the configured settings; the trainer finds every placeholder count right', async (t) => {
     const kafka = testKafka();
-    const topics = {
-      trajectories: await testTopic(t, kafka, 'traj'),
-      policy_versions: await testTopic(t, kafka, 'pv', 1),
-      trainer_metrics: await testTopic(t, kafka, 'tm', 1),
-      dead_letter: uniqueName('dlq'),
-    };
+    const topics = await rolloutTopics(t, kafka);
     const envOptions = { tasks: TASKS, base_url: gbox.baseUrl, screenshots_in_prompt: 5 };
     const config = testConfig({
       topics, apiBase: `${policy.baseUrl}/v1`,
