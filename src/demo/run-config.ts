@@ -21,9 +21,9 @@ export interface DemoRunSpec {
 }
 
 /** A run id that is also usable in topic names and, with `_` for `-`, as a database name. */
-export function makeRunId(seed: number, now = new Date()): string {
+export function makeRunId(seed: number, now = new Date(), prefix = 'demo'): string {
   const stamp = now.toISOString().replace(/[-:T]/g, '').slice(0, 14);
-  return `demo-s${seed}-${stamp}`;
+  return `${prefix}-s${seed}-${stamp}`;
 }
 
 export function databaseFor(runId: string): string {

@@ -14,12 +14,13 @@ import { loadConfig } from '../config/index.js';
 import { createKafka, ensureTopics } from '../kafka/client.js';
 import { topicSpecs } from '../kafka/topics.js';
 import { startCpuPolicyServer, type CpuPolicyServer } from '../inference/cpu-policy-server.js';
+import { ANSWER_SYSTEM, READ_DIGIT_INSTRUCTION } from '../producers/tasks/browser-pages.js';
 import { projectRoot } from '../services/paths.js';
 import { createLogger } from '../util/logger.js';
 import { noteworthy, spawnTrajstore, type Child } from './children.js';
 import { DemoError } from './errors.js';
 import { databaseFor, makeRunId, writeRunConfig } from './run-config.js';
-import { demoModel, engineVenv, servicesUp } from './setup.js';
+import { demoModel, demoVisionModel, engineVenv, servicesUp } from './setup.js';
 import { DemoReader, firstAndLast, recentSuccess, round, type Snapshot, type VersionStat } from './status.js';
 
 export interface DemoOptions {
@@ -30,6 +31,14 @@ export interface DemoOptions {
   statusEveryS: number;
   /** The demo model's output scale (see make_demo_model.py). */
   outputScale: number;
+}
+
+/**
+ * A vision config (inference.image_processing set, e.g. configs/demo-vision.yaml) runs the vision
+ * demo: its model is the tiny VL one, and its runs are named demo-vision-s<seed>-<time>.
+ */
+export function isVisionDemo(config: { inference: { image_processing?: unknown } }): boolean {
+  return config.inference.image_processing !== undefined;
 }
 
 export interface DemoResult {
@@ -49,14 +58,18 @@ const say = (line: string) => process.stdout.write(`${line}\n`);
 export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const root = projectRoot();
   const base = loadConfig(opts.config);
-  const runId = makeRunId(opts.seed);
+  const vision = isVisionDemo(base);
+  const runId = makeRunId(opts.seed, new Date(), vision ? 'demo-vision' : 'demo');
   const runDir = join(root, '.trajstore', 'demo', runId);
   mkdirSync(join(runDir, 'logs'), { recursive: true });
   say(`demo ${runId}: ${opts.minutes} min, seed ${opts.seed}, config ${relative(root, resolve(opts.config))}, files in ${relative(root, runDir)}`);
 
   await servicesUp(say);
   const python = await engineVenv(say);
-  const modelDir = demoModel(python, join(root, '.trajstore', 'models', `demo-tiny-x${opts.outputScale}`), opts.outputScale, say);
+  const models = join(root, '.trajstore', 'models');
+  const modelDir = vision
+    ? demoVisionModel(python, join(models, `demo-tiny-vl-x${opts.outputScale}`), { outputScale: opts.outputScale, system: ANSWER_SYSTEM, instruction: READ_DIGIT_INSTRUCTION }, say)
+    : demoModel(python, join(models, `demo-tiny-x${opts.outputScale}`), opts.outputScale, say);
 
   say('policy server: starting the CPU policy server (the stand-in for vLLM)');
   const server = await startCpuPolicyServer({

@@ -4,7 +4,7 @@
  * already) and prints what it does, because a first run installs for minutes.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ensureEngineVenv } from '../inference/cpu-policy-server.js';
 import { projectRoot } from '../services/paths.js';
@@ -66,4 +66,47 @@ export function demoModel(python: string, dir: string, outputScale: number, say:
   }
   say(`  ${run.stdout.trim().split('\n').pop()}`);
   return out;
+}
+
+/** What the vision demo's model is made from: the prompt the browser environment sends for read_digit. */
+export interface VisionModelSpec {
+  outputScale: number;
+  system: string;
+  instruction: string;
+  /** Steps of the answer-format warm start (make_demo_model.py --warm-steps). Default 40. */
+  warmSteps?: number;
+}
+
+/**
+ * The vision demo's base model (make_demo_model.py --vl: the tiny Qwen3-VL model, output head
+ * sharpened, warmed up to the answer format), cached under .trajstore/models. Its warm start
+ * saw the environment's own prompt, so a directory made for another prompt is made again
+ * (OUT/demo_model.json records what made it).
+ */
+export function demoVisionModel(python: string, dir: string, spec: VisionModelSpec, say: Say): string {
+  const out = resolve(dir);
+  const warmSteps = spec.warmSteps ?? 40;
+  const wanted = { system: spec.system, instruction: spec.instruction, output_scale: spec.outputScale, warm_steps: warmSteps, vl: true };
+  const made = readMadeWith(join(out, 'demo_model.json'));
+  if (existsSync(join(out, 'config.json')) && made && Object.entries(wanted).every(([k, v]) => made[k] === v)) return out;
+  say(`model: making the vision demo model in ${out} (tiny Qwen3-VL, output scale ${spec.outputScale}, answer-format warm start; ~30 s)`);
+  const root = projectRoot();
+  const args = [join(root, 'src', 'demo', 'make_demo_model.py'), out, '--vl', '--seed', '0', '--output-scale', String(spec.outputScale),
+    '--system', spec.system, '--instruction', spec.instruction, '--warm-steps', String(warmSteps)];
+  const run = spawnSync(python, args, { cwd: root, encoding: 'utf8', env: { ...process.env, PYTHONPATH: join(root, 'engine'), HF_HUB_OFFLINE: '1' } });
+  if (run.status !== 0) {
+    throw new DemoError('TRAJ_E_DEMO_SETUP', `could not make the vision demo model in ${out} (exit ${run.status}):\n${(run.stderr ?? '').split('\n').slice(-15).join('\n')}`, {
+      hint: 'run `bash engine/setup.sh`, then the --vl command in src/demo/make_demo_model.py by hand',
+    });
+  }
+  say(`  ${run.stdout.trim().split('\n').pop()}`);
+  return out;
+}
+
+function readMadeWith(file: string): Record<string, unknown> | undefined {
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as { made_with?: Record<string, unknown> }).made_with;
+  } catch {
+    return undefined;
+  }
 }

@@ -9,6 +9,10 @@
  * a malformed reply is not executed and the model is told what was wrong. The episode ends when
  * the page reaches an end state (it says so in `window.__ts.finished`) or on done(); the reward
  * is the page's own check.
+ *
+ * Answer families (read_digit): the reply is the answer, handed to the page as it is
+ * (`window.__ts.answer(reply)`); the episode ends after that one turn, and the page judges it.
+ * A wrong answer earns `wrong_answer_reward` (default 0), as the text tasks' wrong_digit_reward.
  */
 import { existsSync } from 'node:fs';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
@@ -19,10 +23,11 @@ import { ACTION_HELP, actionRecord, MalformedActionError, parseAction, type Comp
 import { screenshotsInPrompt, type Environment, type EnvironmentFactory, type Observation, type ResetResult, type RewardResult, type Split, type StepResult, type TaskSpec } from '../environment.js';
 import { ProducerError } from '../errors.js';
 import { hashSeed } from '../../util/random.js';
-import { BROWSER_FAMILIES, browserTaskParams, DESCRIBE_PAGE, renderTaskPage, VIEWPORT, type BrowserFamily, type BrowserTaskParams } from '../tasks/browser-pages.js';
+import { ANSWER_SYSTEM, BROWSER_FAMILIES, DESCRIBE_PAGE, isAnswerTask, PAGE_FAMILIES, pageTaskParams, renderTaskPage, VIEWPORT, type PageFamily, type PageTaskParams } from '../tasks/browser-pages.js';
 
 export interface BrowserEnvOptions {
-  families: BrowserFamily[];
+  /** Default: the action families (BROWSER_FAMILIES); answer families (read_digit) only when named. */
+  families: PageFamily[];
   /** The browser binary; default: CHROMIUM_PATH, else Debian's /usr/bin/chromium. */
   executable: string;
   /** Milliseconds an action may take in the page. */
@@ -31,22 +36,32 @@ export interface BrowserEnvOptions {
   sendScreenshots: boolean;
   /** How many of the newest screenshots a prompt carries (screenshots_in_prompt, default 1). */
   screenshotsInPrompt: number;
+  /** Answer families: the reward of a wrong answer (-1..0; no answer earns 0, a right one 1). */
+  wrongAnswerReward: number;
 }
 
 const CANDIDATES = ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
 
 export function browserEnvOptions(raw: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): BrowserEnvOptions {
   const families = (raw.families ?? [...BROWSER_FAMILIES]) as unknown;
-  if (!Array.isArray(families) || families.length === 0 || !families.every((f) => (BROWSER_FAMILIES as readonly string[]).includes(f))) {
-    throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.families must be a non-empty list of ${BROWSER_FAMILIES.join(', ')}`);
+  if (!Array.isArray(families) || families.length === 0 || !families.every((f) => (PAGE_FAMILIES as readonly string[]).includes(f))) {
+    throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.families must be a non-empty list of ${PAGE_FAMILIES.join(', ')}`);
   }
+  const keys = ['families', 'executable', 'action_timeout_ms', 'send_screenshots', 'screenshots_in_prompt', 'wrong_answer_reward'];
   for (const key of Object.keys(raw)) {
-    if (!['families', 'executable', 'action_timeout_ms', 'send_screenshots', 'screenshots_in_prompt'].includes(key)) {
-      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: 'browser options: families, executable, action_timeout_ms, send_screenshots, screenshots_in_prompt' });
+    if (!keys.includes(key)) {
+      throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.${key} is not a browser option`, { hint: `browser options: ${keys.join(', ')}` });
     }
   }
+  const wrongAnswerReward = raw.wrong_answer_reward ?? 0;
+  if (typeof wrongAnswerReward !== 'number' || wrongAnswerReward < -1 || wrongAnswerReward > 0) {
+    throw new ProducerError('TRAJ_E_ENV_CONFIG', `rollout.env_options.wrong_answer_reward must be a number from -1 to 0, got ${JSON.stringify(wrongAnswerReward)}`);
+  }
   const executable = (raw.executable as string | undefined) ?? env.CHROMIUM_PATH ?? CANDIDATES.find((c) => existsSync(c)) ?? CANDIDATES[0]!;
-  return { families: families as BrowserFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000), sendScreenshots: raw.send_screenshots === true, screenshotsInPrompt: screenshotsInPrompt(raw) };
+  return {
+    families: families as PageFamily[], executable, actionTimeoutMs: Number(raw.action_timeout_ms ?? 5_000), sendScreenshots: raw.send_screenshots === true,
+    screenshotsInPrompt: screenshotsInPrompt(raw), wrongAnswerReward,
+  };
 }
 
 export class BrowserTasks implements EnvironmentFactory {
@@ -82,6 +97,12 @@ export class BrowserTasks implements EnvironmentFactory {
         // Root (containers, CI) cannot use Chromium's sandbox; the pages are our own.
         chromiumSandbox: false,
         args: ['--disable-dev-shm-usage', '--disable-gpu', '--font-render-hinting=none'],
+        // The producer owns the browser's lifetime: on SIGTERM it lets running episodes finish
+        // (rollout --grace-s), then close() ends the browser. Playwright's own handlers would
+        // kill chromium at the signal, failing every running episode with TRAJ_E_ENV.
+        handleSIGINT: false,
+        handleSIGTERM: false,
+        handleSIGHUP: false,
       });
       return new BrowserTasks(seed, options, browser, blobs, logger);
     } catch (err) {
@@ -95,7 +116,7 @@ export class BrowserTasks implements EnvironmentFactory {
   task(split: Split, index: number): TaskSpec {
     const seed = hashSeed(this.seed, 'browser', split, index);
     const family = this.options.families[seed % this.options.families.length]!;
-    const params = browserTaskParams(family, seed);
+    const params = pageTaskParams(family, seed);
     return { id: `browser.${family}:${split}:${this.seed}:${index}`, family: `browser.${family}`, environment: 'browser', split, params: params as unknown as Record<string, unknown> };
   }
 
@@ -114,14 +135,16 @@ ${ACTION_HELP}`;
 export class BrowserEnvironment implements Environment {
   private context: BrowserContext | undefined;
   private page: Page | undefined;
-  private params: BrowserTaskParams | undefined;
+  private params: PageTaskParams | undefined;
   private declaredDone = false;
+  /** The observation reset() returned (an answer family's page never changes after it). */
+  private shown: Observation | undefined;
 
   constructor(private readonly browser: Browser, private readonly blobs: BlobStore, private readonly options: BrowserEnvOptions, private readonly logger?: Logger) {}
 
   async reset(task: TaskSpec): Promise<ResetResult> {
     await this.close();
-    this.params = task.params as unknown as BrowserTaskParams;
+    this.params = task.params as unknown as PageTaskParams;
     this.declaredDone = false;
     try {
       this.context = await this.browser.newContext({ viewport: VIEWPORT, deviceScaleFactor: 1 });
@@ -131,10 +154,12 @@ export class BrowserEnvironment implements Environment {
     } catch (err) {
       throw envError('could not open the task page', err);
     }
-    return { system: SYSTEM, observation: await this.observe(), instanceId: `context-${this.params.family}-${this.params.layoutSeed}` };
+    this.shown = await this.observe();
+    return { system: isAnswerTask(this.params) ? ANSWER_SYSTEM : SYSTEM, observation: this.shown, instanceId: `context-${this.params.family}-${this.params.layoutSeed}` };
   }
 
   async step(reply: string): Promise<StepResult> {
+    if (this.params && isAnswerTask(this.params)) return this.answer(reply);
     let action: ComputerAction;
     try {
       action = parseAction(reply);
@@ -148,11 +173,30 @@ export class BrowserEnvironment implements Environment {
     return { action: actionRecord(action), parseError: null, observation: await this.observe(), done: finished };
   }
 
+  /** An answer family's one turn: the page records the reply's answer and the episode ends. */
+  private async answer(reply: string): Promise<StepResult> {
+    const page = this.requirePage();
+    let answered: number | null;
+    try {
+      answered = (await page.evaluate((r) => (window as unknown as { __ts: { answer(r: string): number | null } }).__ts.answer(r), reply)) ?? null;
+    } catch (err) {
+      throw envError('the page could not take the answer', err);
+    }
+    const action = answered === null ? null : { type: 'answer', args_json: JSON.stringify({ digit: answered }) };
+    // The page does not change when it takes an answer: the reset's screenshot is the final one
+    // (one screenshot an episode instead of two, on the CPU the producer shares).
+    return { action, parseError: answered === null ? 'no digit in the reply' : null, observation: this.shown ?? (await this.observe()), done: true };
+  }
+
   async reward(): Promise<RewardResult> {
     const page = this.requirePage();
     try {
-      const result = (await page.evaluate('window.__ts.check()')) as { success: boolean; detail: string };
-      return { value: result.success ? 1 : 0, components: { success: result.success ? 1 : 0 }, success: result.success, source: `page:${this.params!.family}` };
+      const result = (await page.evaluate('window.__ts.check()')) as { success: boolean; wrong?: boolean; detail: string };
+      const success = result.success ? 1 : 0;
+      if (result.wrong === undefined) return { value: success, components: { success }, success: result.success, source: `page:${this.params!.family}` };
+      // Answer families: a wrong answer may cost more than none (see wrong_answer_reward).
+      const wrong = result.wrong ? 1 : 0;
+      return { value: success + this.options.wrongAnswerReward * wrong, components: { success, wrong }, success: result.success, source: `page:${this.params!.family}` };
     } catch (err) {
       throw envError('the page could not judge the episode', err);
     }
@@ -161,6 +205,7 @@ export class BrowserEnvironment implements Environment {
   async close(): Promise<void> {
     const context = this.context;
     this.context = this.page = undefined;
+    this.shown = undefined;
     await context?.close().catch((err: unknown) => this.logger?.warn({ err: (err as Error).message }, 'closing a browser context failed'));
   }
 

@@ -13,11 +13,29 @@
  *   checkboxes     tick exactly the named boxes, then press Submit
  *   dropdown       open a dropdown, pick the named option, press Confirm
  *   tabs           switch to the named tab and press the named button in it
+ *
+ * Answer families (ANSWER_FAMILIES): the reply is the answer, not an action. The environment
+ * hands the reply to the page (`window.__ts.answer(reply)`), which records it and judges it:
+ *   read_digit     the page is filled with one digit (0 or 1), a grid of large bold glyphs drawn
+ *                  only in pixels: the prompt says "Type the digit shown on the page." and
+ *                  nothing else, so only a policy that sees the screenshot can beat a guess. The
+ *                  first digit of the reply is the answer (as the text demo's copy_digit);
+ *                  check() also says whether a wrong digit was given (`wrong`), so a wrong
+ *                  answer can cost more than none.
  */
 import { mulberry32, shuffle } from '../../util/random.js';
 
 export const BROWSER_FAMILIES = ['click_button', 'fill_form', 'checkboxes', 'dropdown', 'tabs'] as const;
 export type BrowserFamily = (typeof BROWSER_FAMILIES)[number];
+/** Families whose reply is the answer itself (judged by the page), not a computer action. */
+export const ANSWER_FAMILIES = ['read_digit'] as const;
+export type AnswerFamily = (typeof ANSWER_FAMILIES)[number];
+/** Every family a browser run may name (env_options.families). */
+export type PageFamily = BrowserFamily | AnswerFamily;
+export const PAGE_FAMILIES: readonly PageFamily[] = [...BROWSER_FAMILIES, ...ANSWER_FAMILIES];
+
+/** The system prompt of answer families: no action language, and nothing about the answer. */
+export const ANSWER_SYSTEM = 'You see a web page. Reply with the answer only.';
 
 export const VIEWPORT = { width: 640, height: 480 };
 
@@ -45,6 +63,48 @@ export type BrowserTaskParams = { family: BrowserFamily; layoutSeed: number; ins
   | { family: 'dropdown'; options: string[]; target: string }
   | { family: 'tabs'; tabs: Array<{ tab: string; buttons: string[] }>; targetTab: string; target: string }
 );
+
+/**
+ * An answer family's task: read_digit fills the page with `digit` (a glyph grid shifted by
+ * (x, y)); the instruction is the same for every digit, so the digit is nowhere in the text the
+ * policy reads.
+ */
+export type AnswerTaskParams = { family: 'read_digit'; layoutSeed: number; instruction: string; digit: number; x: number; y: number };
+
+/** What a browser task page is rendered from: an action family's params or an answer family's. */
+export type PageTaskParams = BrowserTaskParams | AnswerTaskParams;
+
+export const READ_DIGIT_INSTRUCTION = 'Type the digit shown on the page.';
+/**
+ * read_digit's glyph grid. The tiny VL model sees a 640x480 screenshot as 9x6 image tokens
+ * (resized to 288x192, one token per 32x32 px there: ~71x80 px of the page). One big glyph would
+ * change a handful of them; a grid of 100 px glyphs, about one per token, changes every token
+ * below the header, which a 2-layer model with random vision weights can tell apart (src/demo/
+ * README.md, "The vision demo", has the measurements). src/demo/make_demo_model.py draws the
+ * same grid for the demo model's answer-format warm start: keep the two in step.
+ */
+export const DIGIT_GRID = { fontPx: 100, columns: 8, rows: 5, pitchX: 84, pitchY: 88, top: 50 } as const;
+
+export function isAnswerFamily(family: string): family is AnswerFamily {
+  return (ANSWER_FAMILIES as readonly string[]).includes(family);
+}
+
+export function isAnswerTask(p: PageTaskParams): p is AnswerTaskParams {
+  return isAnswerFamily(p.family);
+}
+
+/** The task of any page family for a seed. */
+export function pageTaskParams(family: PageFamily, seed: number): PageTaskParams {
+  if (!isAnswerFamily(family)) return browserTaskParams(family, seed);
+  const rand = mulberry32(seed);
+  const layoutSeed = Math.floor(rand() * 2 ** 31);
+  const digit = Math.floor(rand() * 2);
+  // The grid shifts from task to task (up to ~half a glyph), so no two tasks of a digit need
+  // show the same pixels.
+  const x = Math.round(rand() * 60) - 30;
+  const y = Math.round(rand() * 30);
+  return { family, layoutSeed, instruction: READ_DIGIT_INSTRUCTION, digit, x, y };
+}
 
 /** The task of a family for a seed: what to do and the distractors. */
 export function browserTaskParams(family: BrowserFamily, seed: number): BrowserTaskParams {
@@ -107,7 +167,7 @@ label{display:inline-block;min-width:120px}
 .panel{display:none}.panel.active{display:block}`;
 
 /** The page for a task, complete with its state and its own reward check. */
-export function renderTaskPage(p: BrowserTaskParams): string {
+export function renderTaskPage(p: PageTaskParams): string {
   const body = renderBody(p);
   return `<!doctype html><html><head><meta charset="utf-8"><title>${esc(p.family)}</title><style>${STYLE}</style></head>
 <body><h1 id="instruction">${esc(p.instruction)}</h1>${body.html}
@@ -117,9 +177,27 @@ ${body.script}
 </script></body></html>`;
 }
 
-function renderBody(p: BrowserTaskParams): { html: string; script: string } {
+function renderBody(p: PageTaskParams): { html: string; script: string } {
   const spec = JSON.stringify(p);
   switch (p.family) {
+    case 'read_digit': {
+      // aria-hidden: the glyph is pixels for the policy, not text (DESCRIBE_PAGE reads only the
+      // instruction and interactive elements, so the observation text never holds the digit).
+      const g = DIGIT_GRID;
+      const glyphs = [];
+      for (let row = 0; row < g.rows; row++) {
+        for (let col = 0; col < g.columns; col++) {
+          glyphs.push(`<div style="position:absolute;left:${p.x + col * g.pitchX}px;top:${g.top + p.y + row * g.pitchY}px">${p.digit}</div>`);
+        }
+      }
+      const html = `<div id="digits" aria-hidden="true" style="font:bold ${g.fontPx}px/${g.fontPx}px 'DejaVu Sans',sans-serif;color:#000">${glyphs.join('')}</div>`;
+      return {
+        html,
+        script: `const spec=${spec};
+__ts.answer=(reply)=>{ if(__ts.finished) return __ts.answered; __ts.finished=true; const m=/[0-9]/.exec(String(reply)); __ts.answered=m?Number(m[0]):null; return __ts.answered; };
+__ts.check=()=>({success: __ts.answered===spec.digit, wrong: __ts.answered!=null && __ts.answered!==spec.digit, detail: 'answered '+(__ts.answered??'nothing')});`,
+      };
+    }
     case 'click_button': {
       const pos = slots(p.layoutSeed, p.labels.length);
       const html = p.labels.map((l, i) => `<button data-label="${esc(l)}" ${at(pos[i]!)}>${esc(l)}</button>`).join('');
