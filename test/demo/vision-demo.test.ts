@@ -6,7 +6,6 @@
  * demo's reward says; the demo model is made once and made again when the prompt changes.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +15,7 @@ import { imagePatchGrid, imageTokenCount } from '../../src/consumers/trainer/ima
 import { isVisionDemo } from '../../src/demo/run.js';
 import { makeRunId, writeRunConfig } from '../../src/demo/run-config.js';
 import { demoVisionModel } from '../../src/demo/setup.js';
-import { enginePython } from '../../src/inference/cpu-policy-server.js';
+import { ensureEngineVenv } from '../../src/inference/cpu-policy-server.js';
 import { Conversation } from '../../src/producers/conversation.js';
 import type { TaskSpec } from '../../src/producers/environment.js';
 import { BrowserTasks, browserEnvOptions } from '../../src/producers/envs/browser.js';
@@ -196,12 +195,8 @@ async function tokenInk(browser: Browser, png: Buffer): Promise<number[]> {
   }
 }
 
-test('the vision demo model is made once, and made again for another prompt', { timeout: 300_000 }, (t) => {
-  const python = enginePython();
-  if (spawnSync(python, ['-c', 'import transformers'], { encoding: 'utf8' }).status !== 0) {
-    t.skip('engine/.venv is missing: bash engine/setup.sh');
-    return;
-  }
+test('the vision demo model is made once, and made again for another prompt', { timeout: 300_000 }, async () => {
+  const python = await ensureEngineVenv({ install: true });
   const dir = join(mkdtempSync(join(tmpdir(), 'vl-demo-model-')), 'model');
   const lines: string[] = [];
   const say = (line: string) => lines.push(line);

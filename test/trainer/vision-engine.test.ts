@@ -16,8 +16,7 @@ import type { Producer } from 'kafkajs';
 import { TrajstoreConfigSchema } from '../../src/config/index.js';
 import { TrainerCore } from '../../src/consumers/trainer/core.js';
 import { engineConfigFor, startEngine } from '../../src/consumers/trainer/engine-setup.js';
-import { defaultEnginePython } from '../../src/engine/client.js';
-import { ensureTinyVlModel } from '../../src/inference/cpu-policy-server.js';
+import { ensureEngineVenv, ensureTinyVlModel } from '../../src/inference/cpu-policy-server.js';
 import { encodeTrajectoryEvent, type PromptImage } from '../../src/schemas/index.js';
 import { S3BlobStore, sha256Hex } from '../../src/storage/blob-store.js';
 import { createLogger } from '../../src/util/logger.js';
@@ -28,8 +27,7 @@ import { pngPromptImage, TINY_VL_IMAGE_PROCESSING as TINY, visionGroupEvents as 
 const logger = createLogger('test', { level: process.env.TRAJSTORE_LOG_LEVEL ?? 'warn', pretty: false });
 
 test('vision groups train through the real engine: images from S3, copied and verified into the blob cache, placeholders checked on both sides', { timeout: 600_000 }, async (t) => {
-  const python = defaultEnginePython();
-  if (!existsSync(python)) return t.skip('no engine/.venv (run bash engine/setup.sh)');
+  await ensureEngineVenv({ install: true });
   const dir = mkdtempSync(join(tmpdir(), 'vision-engine-'));
   const modelDir = await ensureTinyVlModel();
   const model = { dir: modelDir, ids: visionTokenIds(modelDir) };
