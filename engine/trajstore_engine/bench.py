@@ -138,6 +138,18 @@ def naive_step(engine, batch, device) -> None:
     engine.optimizer_step()
 
 
+def write_with_engine_behavior(engine, batch, path: str, seed: int) -> None:
+    """Write ``batch`` to ``path`` with behavior logprobs near the engine's own (as after a real
+    rollout) plus sampling noise, so ratios and clipping behave as in training."""
+    from .batch import write_batch
+
+    write_batch(path, batch)
+    lp = engine.compute_logprobs(path, None)["logprobs"]
+    noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(seed)) * 0.05
+    batch.behavior_logprobs = torch.where(batch.loss_mask, (lp + noise).clamp(max=0), torch.zeros_like(lp))
+    write_batch(path, batch)
+
+
 def naive_ppo_loss(logits, ids, batch, s: int, e: int, cfg, n_trained: int, device):
     """The naive loops' loss for sequence tokens s:e: full-vocabulary float32 log_softmax, PPO-clip."""
     logp = torch.log_softmax(logits.float(), dim=-1)[:-1].gather(1, ids[0, 1:, None])[:, 0]
@@ -210,11 +222,7 @@ def run_bench(args) -> int:
         batch); every rank reads it all and trains its share. One file per rank, same content."""
         batch = make_group(n_seq * dist.world_size, mean_len, shape["vocab_size"], seed=seed)
         path = os.path.join(tmp, f"bench-group-{seed}-{dist.rank}.safetensors")
-        write_batch(path, batch)
-        lp = engine.compute_logprobs(path, None)["logprobs"]
-        noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(seed)) * 0.05
-        batch.behavior_logprobs = torch.where(batch.loss_mask, (lp + noise).clamp(max=0), torch.zeros_like(lp))
-        write_batch(path, batch)
+        write_with_engine_behavior(engine, batch, path, seed)
         trained = int(batch.loss_mask.sum())
         return {"path": path, "batch": batch, "tokens": batch.num_tokens, "trained": trained,
                 "flops": model_flops_per_step(shape, batch.seq_lens, trained)}

@@ -40,7 +40,7 @@ import types
 
 import torch
 
-from .bench import _no_nan, environment, matmul_tflops, naive_ppo_loss, say, timed
+from .bench import _no_nan, environment, matmul_tflops, naive_ppo_loss, say, timed, write_with_engine_behavior
 
 # Special token ids of Qwen3-VL's tokenizer (config.json image_token_id etc.).
 VL_TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
@@ -196,7 +196,6 @@ def naive_vl_step(engine, batch, processor, device) -> None:
 
 
 def run_bench_vl(args) -> int:
-    from .batch import write_batch
     from .config import EngineConfig
     from .distributed import DistContext
     from .model import model_from_config
@@ -243,11 +242,7 @@ def run_bench_vl(args) -> int:
         batch = make_episodes(preset["group"], preset["images"], preset["text"], image_tokens, text["vocab_size"],
                               blob_root, seed)
         path = os.path.join(tmp, f"bench-vl-{seed}.safetensors")
-        write_batch(path, batch)
-        lp = engine.compute_logprobs(path, None)["logprobs"]
-        noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(seed)) * 0.05
-        batch.behavior_logprobs = torch.where(batch.loss_mask, (lp + noise).clamp(max=0), torch.zeros_like(lp))
-        write_batch(path, batch)
+        write_with_engine_behavior(engine, batch, path, seed)
         trained = int(batch.loss_mask.sum())
         patches = [int(sample.prod())] * (preset["group"] * preset["images"])
         flops = text_flops(text, batch.seq_lens, trained) + vision_flops(vision, patches)
